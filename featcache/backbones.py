@@ -1,0 +1,179 @@
+"""The backbone registry: each entry is one Keras application, looked up by name.
+
+An entry knows its constructor, its own ``preprocess_input``, its default and minimum input
+size, its feature width and the file name Keras' ImageNet loader wants in
+``$KERAS_HOME/models/``. Adding a backbone is one ``Backbone(...)`` line in ``BACKBONES``.
+"""
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from featcache.errors import FeatcacheError
+
+POOLINGS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    module: str  # the keras.applications submodule holding preprocess_input
+    constructor: str  # the class name inside keras.applications
+    default_size: int
+    min_size: int
+    feature_width: int
+    weights_file: Callable[[dict, int], str]  # (options, input size) -> ImageNet no-top file name
+    options: dict = field(default_factory=dict)  # extra constructor arguments and their defaults
+
+    def keras_constructor(self):
+        import keras
+
+        return getattr(keras.applications, self.constructor)
+
+    def preprocess_input(self):
+        import keras
+
+        return getattr(keras.applications, self.module).preprocess_input
+
+
+def _named(file_name):
+    return lambda options, size: file_name
+
+
+def _mobilenet_file(options, size):
+    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(float(options["alpha"]), "1_0")
+    rows = size if size in (128, 160, 192, 224) else 224
+    return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
+
+
+def _mobilenet_v2_file(options, size):
+    rows = size if size in (96, 128, 160, 192, 224) else 224
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(options['alpha'])}_{rows}_no_top.h5"
+
+
+BACKBONES = {
+    b.name: b
+    for b in [
+        Backbone("resnet50", "resnet50", "ResNet50", 224, 32, 2048,
+                 _named("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+        Backbone("resnet101", "resnet", "ResNet101", 224, 32, 2048,
+                 _named("resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+        Backbone("vgg16", "vgg16", "VGG16", 224, 32, 512,
+                 _named("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+        Backbone("vgg19", "vgg19", "VGG19", 224, 32, 512,
+                 _named("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+        Backbone("xception", "xception", "Xception", 299, 71, 2048,
+                 _named("xception_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+        Backbone("inceptionv3", "inception_v3", "InceptionV3", 299, 75, 2048,
+                 _named("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+        Backbone("mobilenet", "mobilenet", "MobileNet", 224, 32, 1024, _mobilenet_file, {"alpha": 1.0}),
+        Backbone("mobilenetv2", "mobilenet_v2", "MobileNetV2", 224, 32, 1280, _mobilenet_v2_file,
+                 {"alpha": 1.0}),
+        Backbone("densenet121", "densenet", "DenseNet121", 224, 32, 1024,
+                 _named("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+        Backbone("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 32, 1280,
+                 _named("efficientnetb0_notop.h5")),
+    ]
+}
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise FeatcacheError(f"unknown backbone {name!r}: choose from {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything that decides which features a backbone produces (part of the cache key)."""
+
+    name: str
+    input_size: int
+    pooling: str = "avg"
+    weights: str = "imagenet"  # "imagenet", "none" (random, seeded) or a path to a weights file
+    options: tuple = ()  # sorted (key, value) pairs of constructor options, e.g. (("alpha", 0.35),)
+    seed: int = 0  # only matters for weights="none"
+
+    @property
+    def backbone(self) -> Backbone:
+        return get_backbone(self.name)
+
+
+def make_spec(name, input_size=None, pooling="avg", weights="imagenet", options=None, seed=0) -> BackboneSpec:
+    """Validate the user's choices once and fill in the backbone's defaults."""
+    backbone = get_backbone(name)
+    unknown = set(options or {}) - set(backbone.options)
+    if unknown:
+        known = ", ".join(backbone.options) or "none"
+        raise FeatcacheError(f"backbone {name} has no option {sorted(unknown)[0]!r} (options: {known})")
+    merged = {**backbone.options, **{k: float(v) for k, v in (options or {}).items()}}
+    size = int(input_size or backbone.default_size)
+    if size < backbone.min_size:
+        raise FeatcacheError(f"--input-size {size} is below {name}'s minimum of {backbone.min_size} pixels")
+    if pooling not in POOLINGS:
+        raise FeatcacheError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+    if weights not in ("imagenet", "none") and not Path(weights).is_file():
+        raise FeatcacheError(f"--weights {weights!r}: no such file (use imagenet, none, or a weights file path)")
+    return BackboneSpec(name, size, pooling, str(weights), tuple(sorted(merged.items())), int(seed))
+
+
+def keras_home() -> Path:
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
+
+
+def imagenet_weights_path(spec: BackboneSpec) -> Path:
+    """Where Keras' own loader keeps (or would download) this backbone's ImageNet weights."""
+    return keras_home() / "models" / spec.backbone.weights_file(dict(spec.options), spec.input_size)
+
+
+def weights_sha256(spec: BackboneSpec) -> str | None:
+    """Hash of the weights file the features come from; None for random weights."""
+    if spec.weights == "none":
+        return None
+    path = imagenet_weights_path(spec) if spec.weights == "imagenet" else Path(spec.weights)
+    if not path.is_file():
+        return None
+    return file_sha256(path)
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_feature_model(spec: BackboneSpec):
+    """The Keras model mapping preprocessed float images (size x size x 3) to pooled features."""
+    import keras
+
+    backbone = spec.backbone
+    options = dict(spec.options)
+    shape = (spec.input_size, spec.input_size, 3)
+    constructor = backbone.keras_constructor()
+    if spec.weights == "imagenet":
+        try:
+            return constructor(include_top=False, weights="imagenet", input_shape=shape,
+                               pooling=spec.pooling, **options)
+        except Exception as exc:  # Keras raises plain Exception on a failed download
+            if imagenet_weights_path(spec).is_file():
+                raise
+            raise FeatcacheError(
+                f"cannot download {spec.name} ImageNet weights ({type(exc).__name__}): put "
+                f"{imagenet_weights_path(spec).name} in {imagenet_weights_path(spec).parent}/ "
+                "(or set KERAS_HOME), or pass --weights FILE"
+            ) from None
+    keras.utils.set_random_seed(spec.seed)
+    model = constructor(include_top=False, weights=None, input_shape=shape, pooling=spec.pooling, **options)
+    if spec.weights != "none":
+        try:
+            model.load_weights(spec.weights)
+        except Exception as exc:
+            raise FeatcacheError(
+                f"cannot load weights file {spec.weights} into {spec.name} "
+                f"(options {options or 'default'}): {str(exc).splitlines()[0]}"
+            ) from None
+    return model

@@ -1,0 +1,371 @@
+"""Dataset loaders: every loader returns a :class:`Dataset` of uint8 RGB images and integer labels.
+
+A dataset has splits ("train", "test", or "all" for folders without a split), each with an
+image source and one or more label sets (CIFAR-100 has "fine" and "coarse"; the others "label").
+Image sources are read batch by batch, so a folder of 100,000 photos is never held in memory.
+
+Dataset names understood by :func:`load_dataset`:
+
+    cifar10, cifar100       keras.datasets, or a local copy in the python format (--data-dir)
+    tiny-imagenet           a local tiny-imagenet-200 tree (--data-dir)
+    folder:PATH             class sub-folders, optionally under train/ and test/
+    digits                  scikit-learn's bundled 8x8 digits (no download)
+    synthetic               deterministic coloured patterns for tests (synthetic:n=200,classes=4,size=32)
+"""
+
+import hashlib
+import pickle
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from featcache.errors import FeatcacheError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class ArrayImages:
+    """Images already in memory as one uint8 array (n, h, w, 3)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __len__(self):
+        return len(self.array)
+
+    def read(self, start: int, stop: int, size: int) -> np.ndarray:
+        """Rows start..stop at their native size (the extraction pipeline resizes them)."""
+        return self.array[start:stop]
+
+    def fingerprint(self) -> str:
+        return _hash_bytes(np.ascontiguousarray(self.array).data, str(self.array.shape))
+
+
+class FileImages:
+    """Image files decoded on demand; every one was checked to decode when the dataset was loaded."""
+
+    def __init__(self, paths: list[Path], sizes: list[tuple[int, int]]):
+        self.paths = paths
+        self.uniform = len(set(sizes)) <= 1
+
+    def __len__(self):
+        return len(self.paths)
+
+    def read(self, start: int, stop: int, size: int) -> np.ndarray:
+        """Rows start..stop; images of mixed sizes are resized to size x size here, since a batch is one array."""
+        from PIL import Image
+
+        images = []
+        for path in self.paths[start:stop]:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if not self.uniform:
+                    image = image.resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(image, dtype=np.uint8))
+        return np.stack(images)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for path in self.paths:
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+        return digest.hexdigest()
+
+
+@dataclass
+class Split:
+    images: object  # ArrayImages or FileImages
+    labels: dict[str, np.ndarray]  # label set name -> int64 array, one per image
+
+
+@dataclass
+class Dataset:
+    name: str
+    splits: dict[str, Split]
+    class_names: dict[str, list[str]]  # label set name -> class names, indexed by label
+    skipped: list[str] = field(default_factory=list)  # undecodable files left out (with --skip-bad)
+
+    @property
+    def label_sets(self) -> list[str]:
+        return list(self.class_names)
+
+    def fingerprint(self) -> str:
+        """A hash of the images, labels and class names (not of the name or where it lives)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for split_name, split in sorted(self.splits.items()):
+            digest.update(split_name.encode())
+            digest.update(split.images.fingerprint().encode())
+            for label_set, labels in sorted(split.labels.items()):
+                digest.update(label_set.encode())
+                digest.update(np.asarray(labels, dtype=np.int64).tobytes())
+        for label_set, names in sorted(self.class_names.items()):
+            digest.update(("\0".join([label_set, *names])).encode())
+        return digest.hexdigest()
+
+
+def load_dataset(name: str, data_dir=None, skip_bad: bool = False) -> Dataset:
+    """Load a dataset by name (see the module docstring)."""
+    if name.startswith("folder:"):
+        return load_folder(name[len("folder:"):], skip_bad=skip_bad)
+    if name.startswith("synthetic"):
+        return load_synthetic(**_parse_options(name[len("synthetic"):].lstrip(":")))
+    loaders = {
+        "cifar10": lambda: load_cifar("cifar10", data_dir),
+        "cifar100": lambda: load_cifar("cifar100", data_dir),
+        "tiny-imagenet": lambda: load_tiny_imagenet(data_dir, skip_bad=skip_bad),
+        "digits": load_digits,
+    }
+    if name not in loaders:
+        raise FeatcacheError(
+            f"unknown dataset {name!r}: choose from {', '.join(loaders)}, folder:PATH or synthetic"
+        )
+    return loaders[name]()
+
+
+# --- CIFAR ------------------------------------------------------------------------------------
+
+CIFAR = {
+    # name: (folder inside the archive, keras loader's cache folder, train files, test file, meta file)
+    "cifar10": ("cifar-10-batches-py", "cifar-10-batches-py-target",
+                [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta"),
+    "cifar100": ("cifar-100-python", "cifar-100-python-target", ["train"], "test", "meta"),
+}
+CIFAR_LABELS = {  # label set -> (key in the batch files, key in the meta file)
+    "cifar10": {"label": ("labels", "label_names")},
+    "cifar100": {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")},
+}
+
+
+def load_cifar(name: str, data_dir=None) -> Dataset:
+    """CIFAR in its published python format: a local folder or .tar.gz, else keras.datasets."""
+    folder_name = CIFAR[name][0]
+    if data_dir is None:
+        return _read_cifar(name, _PickleFolder(_keras_cifar_folder(name)))
+    data_dir = Path(data_dir)
+    for candidate in (data_dir, data_dir / folder_name):
+        if (candidate / CIFAR[name][4]).is_file():
+            return _read_cifar(name, _PickleFolder(candidate))
+    for candidate in (data_dir, data_dir / f"{folder_name.replace('-batches', '')}.tar.gz",
+                      data_dir / f"{folder_name}.tar.gz"):
+        if candidate.is_file() and candidate.name.endswith(".tar.gz"):
+            with tarfile.open(candidate) as archive:
+                return _read_cifar(name, _PickleTar(archive, folder_name))
+    raise FeatcacheError(
+        f"no {name} in {data_dir}: expected the {folder_name} folder or its .tar.gz "
+        "(from https://www.cs.toronto.edu/~kriz/cifar.html)"
+    )
+
+
+def _keras_cifar_folder(name: str) -> Path:
+    """Let keras.datasets download and unpack CIFAR, then read its unpacked python files ourselves."""
+    import keras
+
+    try:
+        getattr(keras.datasets, name).load_data()
+    except Exception as exc:  # Keras raises plain Exception when the download fails
+        raise FeatcacheError(
+            f"cannot download {name} ({type(exc).__name__}): download the python version from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html and pass --data-dir DIR"
+        ) from None
+    from featcache.backbones import keras_home
+
+    return keras_home() / "datasets" / CIFAR[name][1] / CIFAR[name][0]
+
+
+class _PickleFolder:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def load(self, member: str) -> dict:
+        return _unpickle((self.folder / member).read_bytes(), member)
+
+
+class _PickleTar:
+    def __init__(self, archive: tarfile.TarFile, folder_name: str):
+        self.archive, self.folder_name = archive, folder_name
+
+    def load(self, member: str) -> dict:
+        try:
+            data = self.archive.extractfile(f"{self.folder_name}/{member}").read()
+        except KeyError:
+            raise FeatcacheError(f"{self.archive.name} has no {self.folder_name}/{member}: not a CIFAR archive") from None
+        return _unpickle(data, member)
+
+
+def _unpickle(data: bytes, member: str) -> dict:
+    try:
+        return pickle.loads(data, encoding="bytes")
+    except Exception:
+        raise FeatcacheError(f"CIFAR file {member} is not in the python pickle format") from None
+
+
+def _read_cifar(name: str, source) -> Dataset:
+    _, _, train_files, test_file, meta_file = CIFAR[name]
+    meta = source.load(meta_file)
+    label_keys = CIFAR_LABELS[name]
+    class_names = {
+        label_set: [n.decode() for n in meta[meta_key.encode()]] for label_set, (_, meta_key) in label_keys.items()
+    }
+    splits = {}
+    for split, members in (("train", train_files), ("test", [test_file])):
+        batches = [source.load(m) for m in members]
+        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = {
+            label_set: np.concatenate([np.asarray(b[key.encode()], dtype=np.int64) for b in batches])
+            for label_set, (key, _) in label_keys.items()
+        }
+        splits[split] = Split(ArrayImages(np.ascontiguousarray(images, dtype=np.uint8)), labels)
+    return Dataset(name, splits, class_names)
+
+
+# --- image folders ----------------------------------------------------------------------------
+
+
+def load_folder(path, skip_bad: bool = False) -> Dataset:
+    """Class sub-folders of images, either directly under PATH or under PATH/train and PATH/test."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FeatcacheError(f"dataset folder {root} does not exist")
+    split_roots = {s: root / s for s in ("train", "test") if (root / s).is_dir()} or {"all": root}
+    class_names = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
+    if not class_names:
+        raise FeatcacheError(f"{root} has no class sub-folders: expected {root}/<class>/<image files>")
+    files = {
+        split: [(f, label) for label, cls in enumerate(class_names) for f in _image_files(r / cls)]
+        for split, r in split_roots.items()
+    }
+    for split, entries in files.items():
+        if not entries:
+            raise FeatcacheError(f"{split_roots[split]} holds no image files")
+    return _file_dataset(f"folder:{root.name}", files, {"label": class_names}, skip_bad)
+
+
+def load_tiny_imagenet(data_dir, skip_bad: bool = False) -> Dataset:
+    """A local tiny-imagenet-200 tree in its published layout (the val split becomes "test")."""
+    if data_dir is None:
+        raise FeatcacheError("tiny-imagenet needs --data-dir pointing to the tiny-imagenet-200 folder")
+    root = Path(data_dir)
+    if not (root / "wnids.txt").is_file() and (root / "tiny-imagenet-200" / "wnids.txt").is_file():
+        root = root / "tiny-imagenet-200"
+    for required in ("wnids.txt", "words.txt", "train", "val/val_annotations.txt"):
+        if not (root / required).exists():
+            raise FeatcacheError(f"{root} is not a tiny-imagenet-200 tree: {required} is missing")
+    wnids = (root / "wnids.txt").read_text().split()
+    words = dict(line.split("\t", 1) for line in (root / "words.txt").read_text().splitlines() if "\t" in line)
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    train = [(f, index[w]) for w in wnids for f in _image_files(root / "train" / w / "images")]
+    test = []
+    for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and fields[1] in index:
+            test.append((root / "val" / "images" / fields[0], index[fields[1]]))
+    names = [words.get(w, w).strip() for w in wnids]
+    return _file_dataset("tiny-imagenet", {"train": train, "test": test}, {"label": names}, skip_bad)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _file_dataset(name, files, class_names, skip_bad) -> Dataset:
+    """Check every file decodes (in parallel), then build the splits; a bad file is an error or skipped."""
+    splits, skipped = {}, []
+    for split, entries in files.items():
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            sizes = list(pool.map(_decoded_size, [f for f, _ in entries]))
+        bad = [str(f) for (f, _), s in zip(entries, sizes) if s is None]
+        if bad and not skip_bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise FeatcacheError(f"cannot decode image {bad[0]}{more}: fix or remove it, or pass --skip-bad")
+        skipped += bad
+        kept = [(entry, s) for entry, s in zip(entries, sizes) if s is not None]
+        if not kept:
+            raise FeatcacheError(f"no decodable images in the {split} split of {name}")
+        paths = [f for (f, _), _ in kept]
+        labels = np.array([label for (_, label), _ in kept], dtype=np.int64)
+        splits[split] = Split(FileImages(paths, [s for _, s in kept]), {"label": labels})
+    return Dataset(name, splits, class_names, skipped)
+
+
+def _decoded_size(path: Path):
+    """The image's (width, height) if it fully decodes, else None."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.size
+    except Exception:
+        return None
+
+
+# --- bundled and synthetic --------------------------------------------------------------------
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 handwritten digits as RGB (no download): a fixed 80/20 train/test split."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    digits = sklearn_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = digits.target.astype(np.int64)
+    test = np.arange(len(images)) % 5 == 0
+    splits = {
+        "train": Split(ArrayImages(images[~test]), {"label": labels[~test]}),
+        "test": Split(ArrayImages(images[test]), {"label": labels[test]}),
+    }
+    return Dataset("digits", splits, {"label": [str(d) for d in range(10)]})
+
+
+def load_synthetic(n: int = 200, classes: int = 4, size: int = 32, seed: int = 0) -> Dataset:
+    """Deterministic coloured blobs: each class has its own colour and position, plus noise.
+
+    Two label sets ("fine" and "coarse", where coarse = fine // 2) so label-set handling is testable.
+    """
+    n, classes, size = int(n), int(classes), int(size)
+    rng = np.random.default_rng(int(seed))
+    colours = rng.integers(40, 255, size=(classes, 3))
+    centres = rng.integers(size // 4, 3 * size // 4, size=(classes, 2))
+    yy, xx = np.mgrid[:size, :size]
+
+    def make(count):
+        labels = np.arange(count) % classes
+        images = rng.normal(60, 25, size=(count, size, size, 3))
+        for i, label in enumerate(labels):
+            blob = (yy - centres[label, 0]) ** 2 + (xx - centres[label, 1]) ** 2 < (size // 5) ** 2
+            images[i][blob] = colours[label]
+        return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+    splits = {}
+    for split, count in (("train", n), ("test", max(n // 4, classes))):
+        images, labels = make(count)
+        splits[split] = Split(ArrayImages(images), {"fine": labels, "coarse": labels // 2})
+    names = {"fine": [f"class{c}" for c in range(classes)],
+             "coarse": [f"group{c}" for c in range((classes + 1) // 2)]}
+    return Dataset(f"synthetic-n{n}-c{classes}-s{size}-r{seed}", splits, names)
+
+
+def _parse_options(text: str) -> dict:
+    """'n=200,classes=4' -> {'n': '200', 'classes': '4'}."""
+    options = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FeatcacheError(f"dataset option {item!r} must look like key=value")
+        if key not in ("n", "classes", "size", "seed"):
+            raise FeatcacheError(f"unknown synthetic dataset option {key!r} (n, classes, size, seed)")
+        options[key] = value
+    return options
+
+
+def _hash_bytes(data, extra: str = "") -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(extra.encode())
+    digest.update(data)
+    return digest.hexdigest()

@@ -1,0 +1,85 @@
+"""The report's figures, drawn on matplotlib's Agg canvas and returned as PNG bytes.
+
+Figures are made with ``matplotlib.figure.Figure`` and ``FigureCanvasAgg`` instead of pyplot, so
+building a report neither switches the process-wide backend nor leaves figures open (it may be
+called from a notebook or a long-running process).
+"""
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+ANNOTATE_CELLS_UP_TO = 15  # classes; beyond this the counts in the heatmap cells are unreadable
+LABEL_TICKS_UP_TO = 40  # classes; beyond this the class names on the axes overlap
+
+
+def accuracy_plot(labels, means, stds, tests) -> bytes:
+    """CV accuracy (%) ± std over folds per approach, best at the top; test accuracy as crosses."""
+    y = np.arange(len(labels))[::-1]
+    fig = _figure(7, 1.2 + 0.4 * len(labels))
+    ax = fig.add_subplot()
+    ax.errorbar(_percent(means), y, xerr=_percent(stds), fmt="o", capsize=4, label="CV mean ± std")
+    if any(t is not None for t in tests):
+        ax.plot(_percent(tests), y, "x", color="tab:red", label="test")
+    ax.set_yticks(y, labels)
+    ax.set_xlabel("accuracy (%)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=2, fontsize="small")
+    return _png(fig)
+
+
+def accuracy_vs_time_plot(labels, fit_seconds, means, stds) -> bytes:
+    """CV accuracy (%) against fit time per fold on a log axis, each point labelled."""
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    ax.errorbar(fit_seconds, _percent(means), yerr=_percent(stds), fmt="o", capsize=3)
+    for label, x, y in zip(labels, fit_seconds, _percent(means)):
+        ax.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.set_xscale("log")
+    ax.margins(x=0.12)  # room for the labels of the outermost points
+    ax.set_xlabel("fit time per fold (s, log scale)")
+    ax.set_ylabel("CV accuracy (%)")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def confusion_plot(matrix, class_names, title: str) -> bytes:
+    """Heatmap coloured by the share of each true class (rows), so rare classes stay visible."""
+    m = np.asarray(matrix)
+    shares = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    size = min(4 + 0.35 * n, 14)
+    fig = _figure(size + 1, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of true class", shrink=0.8)
+    if n <= LABEL_TICKS_UP_TO:
+        ax.set_xticks(range(n), class_names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), class_names, fontsize=8)
+    if n <= ANNOTATE_CELLS_UP_TO:
+        for (i, j), count in np.ndenumerate(m):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _percent(values) -> np.ndarray:
+    """Fractions to percent; None (a missing value) becomes NaN, which matplotlib leaves out."""
+    return 100 * np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
