@@ -328,8 +328,7 @@ def load_synthetic(n: int = 200, classes: int = 4, size: int = 32, seed: int = 0
 
     Two label sets ("fine" and "coarse", where coarse = fine // 2) so label-set handling is testable.
     """
-    n, classes, size = int(n), int(classes), int(size)
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(seed)
     colours = rng.integers(40, 255, size=(classes, 3))
     centres = rng.integers(size // 4, 3 * size // 4, size=(classes, 2))
     yy, xx = np.mgrid[:size, :size]
@@ -352,7 +351,7 @@ def load_synthetic(n: int = 200, classes: int = 4, size: int = 32, seed: int = 0
 
 
 def _parse_options(text: str) -> dict:
-    """'n=200,classes=4' -> {'n': '200', 'classes': '4'}."""
+    """'n=200,classes=4' -> {'n': 200, 'classes': 4}."""
     options = {}
     for item in filter(None, text.split(",")):
         key, sep, value = item.partition("=")
@@ -360,7 +359,9 @@ def _parse_options(text: str) -> dict:
             raise FeatcacheError(f"dataset option {item!r} must look like key=value")
         if key not in ("n", "classes", "size", "seed"):
             raise FeatcacheError(f"unknown synthetic dataset option {key!r} (n, classes, size, seed)")
-        options[key] = value
+        if not value.isdigit():
+            raise FeatcacheError(f"synthetic dataset option {key} must be a whole number, got {value!r}")
+        options[key] = int(value)
     return options
 
 

@@ -91,10 +91,7 @@ def select_records(records: list[dict], dataset=None, backbone=None, label_set=N
     selected = [r for r in records if all(value in _filter_values(r)[f] for f, value in wanted.items())]
     if records and not selected:
         asked = ", ".join(f"{field} {value}" for field, value in wanted.items())
-        there = "; ".join(
-            f"{field}: {', '.join(sorted({str(v) for r in records for v in _filter_values(r)[field] if v is not None}))}"
-            for field in wanted
-        )
+        there = "; ".join(f"{field}: {', '.join(_values_of(records, field))}" for field in wanted)
         raise FeatcacheError(f"no result record matches {asked} (the records have {there})")
     return selected
 
@@ -108,13 +105,17 @@ def _filter_values(record: dict) -> dict[str, set]:
     }
 
 
+def _values_of(records: list[dict], field: str) -> list[str]:
+    return sorted({str(v) for r in records for v in _filter_values(r)[field] if v is not None})
+
+
 GROUP_FIELDS = ("dataset", "label set", "folds", "fold seed")
 
 
 def group_key(record: dict) -> tuple:
     """What must be equal for two records' fold scores to be compared (see the module docstring)."""
     dataset, cv = record["dataset"], record["cv"]
-    name = f"{dataset.get('name')}@{(dataset.get('fingerprint') or '')[:8]}"
+    name = f"{dataset.get('name')}@{dataset.get('fingerprint')}"
     return (name, dataset.get("label_set"), cv.get("folds"), cv.get("seed"))
 
 
@@ -171,14 +172,16 @@ def build_report(records: list[dict], out_dir: Path, title: str | None = None, s
     for image in (b for b in blocks if isinstance(b, Image)):
         (out_dir / image.filename).write_bytes(image.png)
     markdown, page = out_dir / "report.md", out_dir / "report.html"
-    markdown.write_text("\n\n".join([f"# {title}", *(b.markdown() for b in blocks)]) + "\n")
-    page.write_text(_html_page(title, blocks))
+    markdown.write_text("\n\n".join([f"# {title}", *(b.markdown() for b in blocks)]) + "\n", encoding="utf-8")
+    page.write_text(_html_page(title, blocks), encoding="utf-8")
     return ReportResult(markdown, page, "\n\n".join(text))
 
 
 def _group_title(record: dict) -> str:
     _, label_set, folds, seed = group_key(record)
-    return f"{record['dataset'].get('name')}, label set {label_set}: {folds}-fold CV, seed {seed}"
+    dataset = record["dataset"]
+    fingerprint = (dataset.get("fingerprint") or "")[:8]
+    return f"{dataset.get('name')} ({fingerprint}), label set {label_set}: {folds}-fold CV, seed {seed}"
 
 
 def _section(entries: list[Entry], prefix: str) -> list:
@@ -198,15 +201,17 @@ def _section(entries: list[Entry], prefix: str) -> list:
         *_confusion_section(entries[0], prefix),
         Heading(3, "Provenance"),
         dataset_table(entries[0].record),
+        Heading(4, "Backbones and features"),
         features_table(entries),
+        Heading(4, "Library versions and machine"),
         environment_table(entries),
     ]
 
 
 def _time_plot(entries: list[Entry], prefix: str) -> list:
-    """Accuracy against fit time, for the approaches with a fit time (a log axis cannot show 0)."""
+    """Accuracy against fit time, of the approaches with a fit time above 0 (log axis); none for fewer than two."""
     timed = [e for e in entries if (e.cv("fit_seconds")[0] or 0) > 0]
-    if not timed:
+    if len(timed) < 2:
         return []
     means, stds = zip(*(e.cv("accuracy") for e in timed))
     png = plots.accuracy_vs_time_plot([e.label for e in timed], [e.cv("fit_seconds")[0] for e in timed], means, stds)

@@ -32,10 +32,8 @@ class Table:
 
     def html(self) -> str:
         def row(cells, tag):
-            return "".join(
-                f'<{tag} class="num">{html.escape(cell)}</{tag}>' if self._right(c) else f"<{tag}>{html.escape(cell)}</{tag}>"
-                for c, cell in enumerate(cells)
-            )
+            classes = [' class="num"' if self._right(c) else "" for c in range(len(cells))]
+            return "".join(f"<{tag}{cls}>{html.escape(cell)}</{tag}>" for cls, cell in zip(classes, cells))
 
         body = "".join(f"<tr>{row(cells, 'td')}</tr>" for cells in self.rows)
         return f"<table><thead><tr>{row(self.headers, 'th')}</tr></thead><tbody>{body}</tbody></table>"
@@ -80,7 +78,8 @@ def provenance(record: dict) -> dict:
 def rank(records: list[dict]) -> list[Entry]:
     """Entries best first (highest CV accuracy, then test accuracy); repeated approach names get their record id."""
     repeated = {name for name, n in Counter(r["approach"] for r in records).items() if n > 1}
-    entries = [Entry(f"{r['approach']} [{r['id']}]" if r["approach"] in repeated else r["approach"], r) for r in records]
+    entries = [Entry(f"{r['approach']} [{r['id']}]" if r["approach"] in repeated else r["approach"], r)
+               for r in records]
 
     def key(entry):
         cv_mean, test = entry.cv("accuracy")[0], entry.test("accuracy")
@@ -180,7 +179,8 @@ def environment_table(entries: list[Entry]) -> Table:
     for e in entries:
         versions = ", ".join(f"{name} {version}" for name, version in (e.record.get("versions") or {}).items())
         machine = e.record.get("machine") or {}
-        where = f"{_text(machine.get('platform'))}, {_text(machine.get('cpu_count'))} CPUs, GPU: {machine.get('gpu') or 'none'}"
+        where = (f"{_text(machine.get('platform'))}, {_text(machine.get('cpu_count'))} CPUs, "
+                 f"GPU: {machine.get('gpu') or 'none'}")
         rows.append([e.label, e.record["id"], versions or MISSING, where])
     return Table(["Approach", "Record", "Versions", "Machine"], rows, "llll")
 

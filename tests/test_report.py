@@ -10,6 +10,7 @@ from scipy import stats as scipy_stats
 
 from featcache.errors import FeatcacheError
 from featcache.report import build_report, check_comparable, group_records, select_records
+from featcache.report_tables import rank
 from featcache.stats import corrected_resampled_ttest, most_confused
 
 CLASSES = ["cat", "dog", "fox"]
@@ -83,7 +84,7 @@ def markdown_table(markdown: str, heading: str) -> list[dict]:
 
 def test_summary_and_fold_tables_hold_the_records_figures(records, tmp_path):
     result = build_report(records, tmp_path)
-    markdown = result.markdown.read_text()
+    markdown = result.markdown.read_text(encoding="utf-8")
 
     summary = markdown_table(markdown, "### Summary")
     assert [row["Approach"] for row in summary] == [
@@ -97,7 +98,7 @@ def test_summary_and_fold_tables_hold_the_records_figures(records, tmp_path):
         assert std == pytest.approx(100 * stat["accuracy"]["std"], abs=0.005)
         assert float(row["CV kappa"]) == pytest.approx(stat["kappa"]["mean"], abs=5e-4)
         assert float(row["CV top-5 %"]) == pytest.approx(100 * stat["top5_accuracy"]["mean"], abs=0.005)
-        assert float(row["Fit s/fold"]) == pytest.approx(stat["fit_seconds"]["mean"], rel=1e-3)
+        assert float(row["Fit s/fold"]) == pytest.approx(stat["fit_seconds"]["mean"], rel=5e-3)
         assert row["Kind"] == record["kind"]
     assert float(summary[0]["Test accuracy %"]) == 90.0
     assert summary[1]["Test accuracy %"] == "—"
@@ -111,12 +112,12 @@ def test_summary_and_fold_tables_hold_the_records_figures(records, tmp_path):
 
 def test_html_is_self_contained(records, tmp_path):
     result = build_report(records, tmp_path, title="Pets")
-    page = result.html.read_text()
+    page = result.html.read_text(encoding="utf-8")
     images = re.findall(r'<img src="([^"]*)"', page)
     assert len(images) == 3 and all(src.startswith("data:image/png;base64,") for src in images)
     assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, re.IGNORECASE)
     assert "<script" not in page and "<link" not in page and "<title>Pets</title>" in page
-    pngs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", result.markdown.read_text())
+    pngs = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", result.markdown.read_text(encoding="utf-8"))
     assert len(pngs) == 3 and all((tmp_path / name).read_bytes().startswith(b"\x89PNG") for name in pngs)
 
 
@@ -139,7 +140,7 @@ def test_corrected_resampled_ttest_by_hand():
 
 
 def test_paired_table_in_report(records, tmp_path):
-    markdown = build_report(records, tmp_path).markdown.read_text()
+    markdown = build_report(records, tmp_path).markdown.read_text(encoding="utf-8")
     rows = {row["Approach"]: row for row in markdown_table(markdown, "### Paired comparison")}
     expected = corrected_resampled_ttest(SVM, LOGREG)
     row = rows["logreg on mobilenetv2-224-avg"]
@@ -169,7 +170,7 @@ def test_incompatible_records_are_grouped_or_refused(tmp_path):
     check_comparable([pets, make_record("logreg on a", LOGREG)])  # same folds: no error
 
     assert len(group_records(mixed)) == 4
-    markdown = build_report(mixed, tmp_path).markdown.read_text()
+    markdown = build_report(mixed, tmp_path).markdown.read_text(encoding="utf-8")
     sections = markdown.split("\n## ")[1:]
     assert len(sections) == 4
     for section in sections:
@@ -197,12 +198,19 @@ def test_most_confused_pairs_by_name():
 
 
 def test_confusion_section_names_pairs_and_source(records, tmp_path):
-    markdown = build_report(records, tmp_path).markdown.read_text()
+    markdown = build_report(records, tmp_path).markdown.read_text(encoding="utf-8")
     assert "From the test set." in markdown
     rows = markdown_table(markdown, "#### Most confused classes")
     assert (rows[0]["True class"], rows[0]["Predicted as"], rows[0]["Count"]) == ("dog", "cat", "5")
 
     cv_only = [make_record("svm on a", SVM, cv_matrix=[[20, 0, 0], [0, 18, 2], [1, 0, 19]])]
-    markdown = build_report(cv_only, tmp_path).markdown.read_text()
+    markdown = build_report(cv_only, tmp_path).markdown.read_text(encoding="utf-8")
     assert "From the CV out-of-fold predictions." in markdown
     assert markdown_table(markdown, "#### Most confused")[0]["True class"] == "dog"
+
+
+def test_rerun_approaches_keep_apart_by_record_id():
+    first, rerun = make_record("svm on a", SVM), make_record("svm on a", LOGREG)
+    rerun["id"] = "20261126-090000-svm-def456"
+    assert [e.label for e in rank([first, rerun])] == [
+        "svm on a [20261125-101500-svm-abc123]", "svm on a [20261126-090000-svm-def456]"]

@@ -1,0 +1,128 @@
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import write_images
+
+from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
+
+
+def _cifar_rows(n, seed):
+    """CIFAR's row layout: 1024 red, then 1024 green, then 1024 blue values per image."""
+    return np.random.default_rng(seed).integers(0, 255, size=(n, 3072), dtype=np.uint8)
+
+
+def write_cifar100(folder, n_train=12, n_test=5):
+    folder.mkdir(parents=True)
+    for name, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        fine = np.arange(n) % 100
+        batch = {b"data": _cifar_rows(n, seed), b"fine_labels": list(fine), b"coarse_labels": list(fine // 5)}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    meta = {b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+            b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+
+
+def test_cifar100_python_folder_has_both_label_sets(tmp_path):
+    write_cifar100(tmp_path / "cifar-100-python")
+    data = load_dataset("cifar100", data_dir=tmp_path)
+    train = data.splits["train"]
+    assert data.label_sets == ["fine", "coarse"]
+    assert data.class_names["fine"][7] == "fine7" and len(data.class_names["coarse"]) == 20
+    assert train.images.array.shape == (12, 32, 32, 3) and train.images.array.dtype == np.uint8
+    assert list(train.labels["fine"][:3]) == [0, 1, 2] and list(train.labels["coarse"][5:7]) == [1, 1]
+    row = _cifar_rows(12, 1)[3]
+    pixel = train.images.array[3, 0, 1]  # row 0, column 1: channel planes of 1024 values each
+    assert list(pixel) == [row[1], row[1024 + 1], row[2048 + 1]]
+
+
+def test_cifar100_tar_gz_gives_the_same_dataset(tmp_path):
+    write_cifar100(tmp_path / "src" / "cifar-100-python")
+    archive = tmp_path / "cifar-100-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-100-python", arcname="cifar-100-python")
+    from_tar = load_dataset("cifar100", data_dir=archive)
+    from_folder = load_dataset("cifar100", data_dir=tmp_path / "src")
+    assert from_tar.fingerprint() == from_folder.fingerprint()
+
+
+def test_cifar10_python_format(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name, seed in [(f"data_batch_{i}", i) for i in range(1, 6)] + [("test_batch", 9)]:
+        (folder / name).write_bytes(pickle.dumps({b"data": _cifar_rows(4, seed), b"labels": [0, 1, 2, 3]}))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    data = load_dataset("cifar10", data_dir=tmp_path)
+    assert len(data.splits["train"].images) == 20 and len(data.splits["test"].images) == 4
+    assert data.class_names == {"label": [f"c{i}" for i in range(10)]}
+
+
+def test_cifar_missing_local_copy_says_what_to_do(tmp_path):
+    with pytest.raises(FeatcacheError, match="expected the cifar-100-python folder"):
+        load_dataset("cifar100", data_dir=tmp_path)
+
+
+def test_folder_with_splits_and_image_modes(tmp_path):
+    write_images(tmp_path / "train" / "cat", 3, mode="L")
+    write_images(tmp_path / "train" / "dog", 3, mode="P")
+    write_images(tmp_path / "test" / "cat", 2, mode="RGBA")
+    write_images(tmp_path / "test" / "dog", 2, fmt="jpg")
+    data = load_dataset(f"folder:{tmp_path}")
+    assert set(data.splits) == {"train", "test"} and data.class_names["label"] == ["cat", "dog"]
+    assert list(data.splits["train"].labels["label"]) == [0, 0, 0, 1, 1, 1]
+    batch = data.splits["test"].images.read(0, 4, size=24)
+    assert batch.shape == (4, 16, 16, 3) and batch.dtype == np.uint8  # same sizes: native size kept
+
+
+def test_folder_without_splits_and_mixed_sizes(tmp_path):
+    write_images(tmp_path / "a", 2, size=(20, 10))
+    write_images(tmp_path / "b", 2, size=(8, 30))
+    data = load_dataset(f"folder:{tmp_path}")
+    assert list(data.splits) == ["all"]
+    assert data.splits["all"].images.read(0, 4, size=24).shape == (4, 24, 24, 3)
+
+
+def test_undecodable_file_is_an_error_naming_it_unless_skipped(tmp_path):
+    write_images(tmp_path / "a", 2)
+    write_images(tmp_path / "b", 2)
+    bad = tmp_path / "b" / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(FeatcacheError, match="broken.png.*--skip-bad"):
+        load_dataset(f"folder:{tmp_path}")
+    data = load_dataset(f"folder:{tmp_path}", skip_bad=True)
+    assert data.skipped == [str(bad)] and len(data.splits["all"].images) == 4
+
+
+def test_tiny_imagenet_layout(tmp_path):
+    root = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    for w in wnids:
+        write_images(root / "train" / w / "images", 2, fmt="JPEG")
+    val = write_images(root / "val" / "images", 2, fmt="JPEG")
+    (root / "wnids.txt").write_text("\n".join(wnids))
+    (root / "words.txt").write_text("n01\tgoldfish, Carassius auratus\nn02\ttabby cat\nn99\tunused\n")
+    (root / "val" / "val_annotations.txt").write_text(
+        f"{val[0].name}\tn02\t0\t0\t10\t10\n{val[1].name}\tn01\t0\t0\t10\t10\n")
+    data = load_dataset("tiny-imagenet", data_dir=tmp_path)
+    assert data.class_names["label"] == ["goldfish, Carassius auratus", "tabby cat"]
+    assert list(data.splits["test"].labels["label"]) == [1, 0] and len(data.splits["train"].images) == 4
+
+
+def test_digits_and_synthetic_are_deterministic():
+    digits = load_dataset("digits")
+    assert digits.splits["train"].images.array.shape[1:] == (8, 8, 3)
+    assert load_dataset("synthetic:n=20").fingerprint() == load_dataset("synthetic:n=20").fingerprint()
+    assert load_dataset("synthetic:n=20").fingerprint() != load_dataset("synthetic:n=20,seed=1").fingerprint()
+
+
+@pytest.mark.parametrize("name, message", [
+    ("imagenet", "unknown dataset"),
+    ("folder:/nonexistent/path", "does not exist"),
+    ("synthetic:colour=red", "unknown synthetic dataset option"),
+    ("tiny-imagenet", "needs --data-dir"),
+])
+def test_bad_dataset_names(name, message):
+    with pytest.raises(FeatcacheError, match=message):
+        load_dataset(name)

@@ -1,0 +1,155 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import h5py
+import numpy as np
+import pytest
+from conftest import write_images
+
+from featcache import cache
+from featcache.backbones import build_feature_model, make_spec
+from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
+from featcache.extract import cache_key, extract
+
+
+def test_features_match_the_backbone_on_resized_preprocessed_images(root, small_spec):
+    data = load_dataset("synthetic:n=40,size=16")
+    result = extract(data, small_spec, root, batch_size=16, progress=False)
+    found = cache.FeatureCache(result.path)
+    assert found.rows == {"train": 40, "test": 10} and found.width == 1280
+    assert np.array_equal(found.labels("train", "coarse"), data.splits["train"].labels["coarse"])
+    assert found.class_names == data.class_names
+
+    import tensorflow as tf
+    from keras.applications.mobilenet_v2 import preprocess_input
+
+    images = data.splits["test"].images.array
+    expected = build_feature_model(small_spec)(preprocess_input(tf.image.resize(images.astype("float32"), (32, 32))))
+    np.testing.assert_allclose(found.features("test"), expected.numpy(), rtol=1e-4, atol=1e-5)
+    provenance = found.provenance
+    assert provenance["backbone"]["name"] == "mobilenetv2" and provenance["backbone"]["input_size"] == 32
+    assert provenance["dataset"]["fingerprint"] == data.fingerprint() and "tensorflow" in provenance["versions"]
+
+
+def test_second_run_is_served_from_the_cache_and_force_redoes_it(root, small_spec):
+    data = load_dataset("synthetic:n=20")
+    first = extract(data, small_spec, root, progress=False)
+    again = extract(data, small_spec, root, progress=False)
+    assert not first.cached and again.cached and again.path == first.path
+    forced = extract(data, small_spec, root, progress=False, force=True)
+    assert not forced.cached and forced.path == first.path
+
+
+def test_float16_on_request(root, small_spec):
+    result = extract(load_dataset("synthetic:n=20"), small_spec, root, dtype="float16", progress=False)
+    assert cache.FeatureCache(result.path).features("train").dtype == np.float16
+
+
+def test_every_input_changes_the_key(tmp_path, small_spec):
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"x")
+    base = cache_key("data", small_spec, None, "float32")
+    variants = [
+        cache_key("other data", small_spec, None, "float32"),
+        cache_key("data", replace(small_spec, input_size=48), None, "float32"),
+        cache_key("data", replace(small_spec, pooling="max"), None, "float32"),
+        cache_key("data", replace(small_spec, options=(("alpha", 0.5),)), None, "float32"),
+        cache_key("data", replace(small_spec, name="resnet50"), None, "float32"),
+        cache_key("data", replace(small_spec, seed=1), None, "float32"),
+        cache_key("data", small_spec, "sha-of-a-weights-file", "float32"),
+        cache_key("data", small_spec, None, "float16"),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+    one_pixel = load_dataset("synthetic:n=20")
+    fingerprint = one_pixel.fingerprint()
+    one_pixel.splits["train"].images.array[0, 0, 0, 0] ^= 1
+    assert one_pixel.fingerprint() != fingerprint
+
+
+def test_weights_from_a_local_file(tmp_path, root, small_spec):
+    trained = build_feature_model(replace(small_spec, seed=7))
+    path = tmp_path / "mine.weights.h5"
+    trained.save_weights(path)
+    spec = make_spec("mobilenetv2", 32, weights=str(path), options={"alpha": 0.35})
+    model = build_feature_model(spec)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model(x), trained(x), rtol=1e-5)
+    result = extract(load_dataset("synthetic:n=8"), spec, root, progress=False)
+    assert cache.FeatureCache(result.path).provenance["weights_sha256"] is not None
+
+
+def test_a_second_process_on_the_same_key_gets_a_clear_error(root, small_spec):
+    data = load_dataset("synthetic:n=20")
+    stem = cache.file_path("x", root).parent
+    from featcache.extract import cache_stem
+    from featcache.backbones import weights_sha256
+
+    key = cache_key(data.fingerprint(), small_spec, weights_sha256(small_spec), "float32")
+    with cache.ExtractionLock(cache_stem(data.name, small_spec, key), root):
+        with pytest.raises(FeatcacheError, match="another featcache process is extracting"):
+            extract(data, small_spec, root, progress=False)
+    assert not any(stem.glob("*.h5"))
+
+
+def _extract_command(root, dataset):
+    return [sys.executable, "-m", "cli", "--cache-dir", str(root), "extract", "--dataset", dataset,
+            "--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32", "--weights", "none",
+            "--batch-size", "128"]
+
+
+def test_killed_extraction_resumes_to_identical_features(tmp_path):
+    dataset = "synthetic:n=6000,size=8"
+    root = tmp_path / "killed"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(_extract_command(root, dataset), env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial_chunks = root / "features"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(partial_chunks.glob("*.partial/train-*.npy"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert list(partial_chunks.glob("*.partial/train-*.npy")), "the extraction never wrote a chunk"
+    assert not list(partial_chunks.glob("*.h5")), "killed before the end, yet a cache file exists"
+    entry, = cache.list_entries(root)
+    assert entry["status"].startswith("incomplete") and cache.verify(entry["path"])
+
+    cwd = os.path.dirname(os.path.dirname(__file__))
+    resumed = subprocess.run(_extract_command(root, dataset), env=env, cwd=cwd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    fresh = subprocess.run(_extract_command(tmp_path / "fresh", dataset), env=env, cwd=cwd, capture_output=True)
+    assert fresh.returncode == 0
+    killed_file, = (root / "features").glob("*.h5")
+    fresh_file, = (tmp_path / "fresh" / "features").glob("*.h5")
+    assert not list((root / "features").glob("*.partial"))
+    for split in ("train", "test"):
+        assert np.array_equal(cache.FeatureCache(killed_file).features(split),
+                              cache.FeatureCache(fresh_file).features(split))
+
+
+def test_verify_finds_a_damaged_file_and_rm_removes_it(root, small_spec):
+    result = extract(load_dataset("synthetic:n=20"), small_spec, root, progress=False)
+    assert cache.verify(result.path) == []
+    with h5py.File(result.path, "a") as f:
+        f["train"]["features"][0, 0] = np.nan
+    assert any("NaN" in p for p in cache.verify(result.path))
+    result.path.write_bytes(result.path.read_bytes()[:1000])
+    assert cache.verify(result.path)
+    cache.remove(cache.find(result.path.stem[:20], root), root)
+    assert cache.list_entries(root) == []
+
+
+def test_skipped_files_are_listed_in_the_cache(tmp_path, root, small_spec):
+    write_images(tmp_path / "imgs" / "a", 3)
+    write_images(tmp_path / "imgs" / "b", 3)
+    (tmp_path / "imgs" / "a" / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
+    data = load_dataset(f"folder:{tmp_path / 'imgs'}", skip_bad=True)
+    result = extract(data, small_spec, root, progress=False)
+    assert result.skipped == [str(tmp_path / "imgs" / "a" / "bad.jpg")]
+    assert cache.FeatureCache(result.path).provenance["skipped"] == result.skipped
+    assert cache.FeatureCache(result.path).rows == {"all": 6}
