@@ -143,5 +143,100 @@ def cache_rm(obj, refs):
         click.echo(f"removed {path}")
 
 
+@main.command()
+@click.option("--head", "head_names", default="logreg", show_default=True,
+              help="A head name, a comma list, or all (see `featcache heads`).")
+@click.option("--folds", type=int, default=6, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Fold seed: same seed, same folds.")
+@click.option("--label", "label_set", help="Label set, e.g. fine or coarse (default: the cache's first).")
+@click.option("--cache", "cache_ref", help="Cache file or a prefix of its name (default: the most recent).")
+@click.option("--backbone", help="Use the most recent cache of this backbone.")
+@click.option("--dataset", help="Use the most recent cache of this dataset.")
+@click.option("--param", "param_items", multiple=True, metavar="NAME=VALUE", help="Head parameter (repeatable).")
+@click.option("--grid", "grid_items", multiple=True, metavar="NAME=V1,V2",
+              help="Values to choose from by inner CV on each training fold (repeatable).")
+@click.option("--test", is_flag=True, help="Also score the head refitted on all training data on the test split.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel.")
+@click.pass_obj
+def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, param_items, grid_items, test, jobs):
+    """Fit heads on cached features with stratified k-fold cross-validation."""
+    import heads
+    from featcache.cache import FeatureCache, select
+    from featcache.cv import fit_heads, load_features, parse_grid, parse_params
+
+    names = heads.available_heads() if head_names == "all" else [h.strip() for h in head_names.split(",")]
+    for name in names:
+        heads.get_head_class(name)
+    found = FeatureCache(select(obj["root"], cache_ref, backbone, dataset))
+    click.echo(f"features: {found.path.name} ({', '.join(f'{s} {n:,}' for s, n in found.rows.items())})")
+    features = load_features(found, label_set)
+    saved = fit_heads(names, features, parse_params(param_items), parse_grid(grid_items), folds, seed, test,
+                      jobs, obj["root"])
+    _print_results(saved)
+
+
+def _print_results(saved):
+    click.echo(f"{'approach':<44}{'CV accuracy':>18}{'test':>9}{'fit s':>9}  record")
+    for r in saved:
+        accuracy = r["cv"]["summary"]["accuracy"]
+        test = f"{r['test']['accuracy'] * 100:.2f}" if r.get("test") else "-"
+        fit_s = r["cv"]["summary"]["fit_seconds"]["mean"]
+        click.echo(f"{r['approach']:<44}{accuracy['mean'] * 100:>10.2f} +/- {accuracy['std'] * 100:4.2f}"
+                   f"{test:>9}{fit_s:>9.1f}  {r['id']}")
+
+
+@main.command("heads")
+def list_heads():
+    """List the heads (built in and plugged in) and their default parameters."""
+    import heads
+
+    for name in heads.available_heads():
+        defaults = heads.get_head_class(name)().get_params(deep=False)
+        click.echo(f"{name:<10}" + ", ".join(f"{k}={v}" for k, v in defaults.items()))
+
+
+@main.group(cls=Group)
+def results():
+    """List result records."""
+
+
+@results.command("ls")
+@click.pass_obj
+def results_ls(obj):
+    """List result records, oldest first."""
+    from featcache.records import list_records
+
+    saved = list_records(obj["root"])
+    if not saved:
+        click.echo("no result records: run `featcache fit`")
+        return
+    _print_results(saved)
+
+
+@main.command()
+@click.argument("record_refs", nargs=-1)
+@click.option("--dataset", help="Only records of this dataset (name or fingerprint).")
+@click.option("--backbone", help="Only records of this backbone.")
+@click.option("--label", "label_set", help="Only records of this label set.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder (default <cache>/reports).")
+@click.option("--strict", is_flag=True, help="Refuse records of different datasets, label sets or folds.")
+@click.pass_obj
+def report(obj, record_refs, dataset, backbone, label_set, out_dir, strict):
+    """Write the Markdown and HTML comparison report of result records (all of them by default)."""
+    from pathlib import Path
+
+    from featcache import paths
+    from featcache.records import list_records, load_record
+    from featcache.report import build_report, select_records
+
+    chosen = [load_record(r, obj["root"]) for r in record_refs] or list_records(obj["root"])
+    if chosen and (dataset or backbone or label_set):
+        chosen = select_records(chosen, dataset, backbone, label_set)
+    built = build_report(chosen, Path(out_dir) if out_dir else paths.reports_dir(obj["root"]), strict=strict)
+    click.echo(built.text)
+    click.echo(f"report: {built.markdown}")
+    click.echo(f"        {built.html}")
+
+
 if __name__ == "__main__":
     main()

@@ -256,7 +256,20 @@ def find(ref, root=None) -> Path:
     raise FeatcacheError(f"{ref!r} matches {len(matches)} caches: give more of the name")
 
 
-def verify(path) -> list[str]:
+def select(root=None, ref=None, backbone=None, dataset=None) -> Path:
+    """The cache named by ``ref``, else the most recent complete one matching backbone and dataset."""
+    if ref:
+        return find(ref, root)
+    if dataset and dataset.startswith("folder:"):
+        dataset = f"folder:{Path(dataset[len('folder:'):]).name}"  # loaders name folders by their last part
+    matches = [e["path"] for e in list_entries(root) if e["status"] == "complete"
+               and backbone in (None, e["provenance"]["backbone"]["name"])
+               and dataset in (None, e["provenance"]["dataset"]["name"])]
+    if not matches:
+        wanted = " and ".join(f"{k} {v}" for k, v in (("backbone", backbone), ("dataset", dataset)) if v)
+        raise FeatcacheError(f"no complete cache{' of ' + wanted if wanted else ''}: run `featcache extract` first")
+    return matches[0]
+ -> list[str]:
     """Problems found in a cache file (empty when it is complete and consistent)."""
     path = Path(path)
     if path.suffix == ".partial":
