@@ -18,6 +18,8 @@ install: $(VENV)/.installed
 # extract features of the 8x8 digits, fit every head in 6-fold CV plus the test split, report.
 demo: install
 	$(FEATCACHE) extract --dataset digits --backbone mobilenetv2 --alpha 0.35 --input-size 32 --weights none
+	$(FEATCACHE) fit --dataset digits --head all --folds 6 --test
+	$(FEATCACHE) report --dataset digits
 
 test: install
 	$(PY) -m pytest -q

@@ -269,7 +269,9 @@ def select(root=None, ref=None, backbone=None, dataset=None) -> Path:
         wanted = " and ".join(f"{k} {v}" for k, v in (("backbone", backbone), ("dataset", dataset)) if v)
         raise FeatcacheError(f"no complete cache{' of ' + wanted if wanted else ''}: run `featcache extract` first")
     return matches[0]
- -> list[str]:
+
+
+def verify(path) -> list[str]:
     """Problems found in a cache file (empty when it is complete and consistent)."""
     path = Path(path)
     if path.suffix == ".partial":
