@@ -43,6 +43,8 @@ class FeatureCache:
 
     def __init__(self, path):
         self.path = Path(path)
+        if self.path.suffix == ".partial":
+            raise FeatcacheError(f"{self.path.name} is incomplete: rerun `featcache extract` with the same options to resume")
         if not self.path.is_file():
             raise FeatcacheError(f"no cache file {self.path}: list caches with `featcache cache ls`")
         try:
