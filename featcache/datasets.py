@@ -30,14 +30,15 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 class ArrayImages:
     """Images already in memory as one uint8 array (n, h, w, 3)."""
 
+    uniform = True  # every image has the same size, so rows can be read as one array
+
     def __init__(self, array: np.ndarray):
         self.array = array
 
     def __len__(self):
         return len(self.array)
 
-    def read(self, start: int, stop: int, size: int) -> np.ndarray:
-        """Rows start..stop at their native size (the extraction pipeline resizes them)."""
+    def read(self, start: int, stop: int) -> np.ndarray:
         return self.array[start:stop]
 
     def fingerprint(self) -> str:
@@ -45,7 +46,11 @@ class ArrayImages:
 
 
 class FileImages:
-    """Image files decoded on demand; every one was checked to decode when the dataset was loaded."""
+    """Image files decoded on demand (as RGB, at their native size) by PIL.
+
+    Resizing is left to the extraction pipeline, which uses one resize (TensorFlow's bilinear)
+    for every source, so the same image gives the same features whichever way it arrives.
+    """
 
     def __init__(self, paths: list[Path], sizes: list[tuple[int, int]]):
         self.paths = paths
@@ -54,18 +59,15 @@ class FileImages:
     def __len__(self):
         return len(self.paths)
 
-    def read(self, start: int, stop: int, size: int) -> np.ndarray:
-        """Rows start..stop; images of mixed sizes are resized to size x size here, since a batch is one array."""
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop as one array (for uniform sizes); see :meth:`read_one` otherwise."""
+        return np.stack([self.read_one(i) for i in range(start, stop)])
+
+    def read_one(self, index: int) -> np.ndarray:
         from PIL import Image
 
-        images = []
-        for path in self.paths[start:stop]:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                if not self.uniform:
-                    image = image.resize((size, size), Image.BILINEAR)
-                images.append(np.asarray(image, dtype=np.uint8))
-        return np.stack(images)
+        with Image.open(self.paths[index]) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
     def fingerprint(self) -> str:
         digest = hashlib.blake2b(digest_size=16)

@@ -132,29 +132,33 @@ def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> in
 
 
 def batch_pipeline(images, start: int, stop: int, batch_size: int, spec: BackboneSpec):
-    """A tf.data pipeline yielding preprocessed float batches of rows start..stop, read and resized lazily."""
+    """A tf.data pipeline yielding preprocessed float batches of rows start..stop, read and resized lazily.
+
+    Images of one size are read a batch at a time; images of mixed sizes one at a time, since they
+    can only be stacked once resized. Both resize with the same TensorFlow bilinear op.
+    """
     import tensorflow as tf
 
     size = spec.input_size
     preprocess = spec.backbone.preprocess_input()
 
-    def read(batch_start):
-        batch_start = int(batch_start)
-        return images.read(batch_start, min(batch_start + batch_size, stop), size)
+    def numpy_source(read, rank):
+        def load(index):
+            out = tf.numpy_function(lambda i: read(int(i)), [index], tf.uint8, stateful=False)
+            out.set_shape((None,) * (rank - 1) + (3,))
+            return out
+        return load
 
-    def load(batch_start):
-        batch = tf.numpy_function(read, [batch_start], tf.uint8, stateful=False)
-        batch.set_shape((None, None, None, 3))
-        return batch
+    def resize(pixels):
+        return tf.image.resize(tf.cast(pixels, tf.float32), (size, size), method="bilinear")
 
-    def prepare(batch):
-        resized = tf.image.resize(tf.cast(batch, tf.float32), (size, size), method="bilinear")
-        return preprocess(resized)
-
-    starts = np.arange(start, stop, batch_size, dtype=np.int64)
-    return (
-        tf.data.Dataset.from_tensor_slices(starts)
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(2)
-    )
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if images.uniform:
+        starts = np.arange(start, stop, batch_size, dtype=np.int64)
+        read_batch = lambda first: images.read(first, min(first + batch_size, stop))  # noqa: E731
+        batches = tf.data.Dataset.from_tensor_slices(starts).map(numpy_source(read_batch, 4), **parallel)
+        batches = batches.map(resize, **parallel)
+    else:
+        rows = tf.data.Dataset.range(start, stop).map(numpy_source(images.read_one, 3), **parallel)
+        batches = rows.map(resize, **parallel).batch(batch_size)
+    return batches.map(preprocess, **parallel).prefetch(2)

@@ -72,8 +72,8 @@ def test_folder_with_splits_and_image_modes(tmp_path):
     data = load_dataset(f"folder:{tmp_path}")
     assert set(data.splits) == {"train", "test"} and data.class_names["label"] == ["cat", "dog"]
     assert list(data.splits["train"].labels["label"]) == [0, 0, 0, 1, 1, 1]
-    batch = data.splits["test"].images.read(0, 4, size=24)
-    assert batch.shape == (4, 16, 16, 3) and batch.dtype == np.uint8  # same sizes: native size kept
+    batch = data.splits["test"].images.read(0, 4)
+    assert batch.shape == (4, 16, 16, 3) and batch.dtype == np.uint8
 
 
 def test_folder_without_splits_and_mixed_sizes(tmp_path):
@@ -81,7 +81,8 @@ def test_folder_without_splits_and_mixed_sizes(tmp_path):
     write_images(tmp_path / "b", 2, size=(8, 30))
     data = load_dataset(f"folder:{tmp_path}")
     assert list(data.splits) == ["all"]
-    assert data.splits["all"].images.read(0, 4, size=24).shape == (4, 24, 24, 3)
+    images = data.splits["all"].images
+    assert not images.uniform and images.read_one(2).shape == (30, 8, 3)
 
 
 def test_undecodable_file_is_an_error_naming_it_unless_skipped(tmp_path):

@@ -153,3 +153,22 @@ def test_skipped_files_are_listed_in_the_cache(tmp_path, root, small_spec):
     assert result.skipped == [str(tmp_path / "imgs" / "a" / "bad.jpg")]
     assert cache.FeatureCache(result.path).provenance["skipped"] == result.skipped
     assert cache.FeatureCache(result.path).rows == {"all": 6}
+
+
+def test_mixed_size_folder_resizes_each_image_like_the_uniform_path(tmp_path, root, small_spec):
+    """Mixed sizes go through the per-image path; features equal those of each image alone."""
+    write_images(tmp_path / "imgs" / "a", 3, size=(20, 10))
+    write_images(tmp_path / "imgs" / "b", 2, size=(40, 40), seed=1)
+    data = load_dataset(f"folder:{tmp_path / 'imgs'}")
+    result = extract(data, small_spec, root, batch_size=4, progress=False)
+    features = cache.FeatureCache(result.path).features("all")
+    assert features.shape == (5, 1280)
+
+    import tensorflow as tf
+    from keras.applications.mobilenet_v2 import preprocess_input
+
+    model = build_feature_model(small_spec)
+    images = data.splits["all"].images
+    one_by_one = [model(preprocess_input(tf.image.resize(images.read_one(i)[None].astype("float32"), (32, 32))))
+                  for i in range(5)]
+    np.testing.assert_allclose(features, np.concatenate(one_by_one), rtol=1e-4, atol=1e-5)
