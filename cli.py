@@ -238,5 +238,58 @@ def report(obj, record_refs, dataset, backbone, label_set, out_dir, strict):
     click.echo(f"        {built.html}")
 
 
+@main.command()
+@click.option("--result", "record_ref", default="best", show_default=True,
+              help="A record id or folder, or best (highest CV accuracy).")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--dataset", help="With --result best: only records of this dataset.")
+@click.option("--label", "label_set", help="With --result best: only records of this label set.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--out", "out_csv", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
+              help="CSV of every image's top-k classes and probabilities.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded (they are listed).")
+@click.option("--show", type=int, default=20, show_default=True, help="Images to print in the table.")
+@click.pass_obj
+def predict(obj, record_ref, inputs, dataset, label_set, top_k, out_csv, batch_size, skip_bad, show):
+    """Classify images (files, folders or glob patterns) with a result record's model."""
+    from pathlib import Path
+
+    from featcache.predict import choose_record, predict as run_predict, write_csv
+
+    record = choose_record(record_ref, obj["root"], dataset, label_set)
+    if record_ref == "best":
+        accuracy = record["cv"]["summary"]["accuracy"]["mean"] * 100
+        click.echo(f"best record: {record['id']} ({record['approach']}, CV accuracy {accuracy:.2f}%)")
+    predictions, skipped = run_predict(record, inputs, top_k, batch_size, skip_bad)
+    count = 0
+    for count, p in enumerate(write_csv(predictions, Path(out_csv), top_k), start=1):
+        if count <= show:
+            ranked = "  ".join(f"{c} {q * 100:.1f}%" for c, q in zip(p.classes, p.probabilities))
+            click.echo(f"{str(p.path):<50} {ranked}")
+    if count > show:
+        click.echo(f"... and {count - show:,} more")
+    click.echo(f"{count:,} predictions written to {out_csv}")
+    for path in skipped:
+        click.echo(f"skipped (cannot decode): {path}")
+
+
+@main.command()
+@click.option("--result", "record_ref", default="best", show_default=True, help="A record id or folder, or best.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="A new, empty folder.")
+@click.option("--dataset", help="With --result best: only records of this dataset.")
+@click.option("--label", "label_set", help="With --result best: only records of this label set.")
+@click.pass_obj
+def export(obj, record_ref, out_dir, dataset, label_set):
+    """Write a record's model as a folder that loads without the cache: featcache.load_model(DIR)."""
+    from featcache.export import export as run_export
+    from featcache.predict import choose_record
+
+    record = choose_record(record_ref, obj["root"], dataset, label_set)
+    folder = run_export(record, out_dir)
+    click.echo(f"exported {record['approach']} ({record['id']}) to {folder}")
+    click.echo(f"load it with: featcache.load_model({str(folder)!r}).predict_proba(images)")
+
+
 if __name__ == "__main__":
     main()

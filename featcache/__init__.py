@@ -7,5 +7,13 @@ The data flows one way, one module per box:
 
 from featcache.errors import FeatcacheError
 
-__all__ = ["FeatcacheError"]
+
+def load_model(folder):
+    """Load a model folder written by `featcache export` (see :mod:`featcache.export`)."""
+    from featcache.export import load_model as load
+
+    return load(folder)
+
+
+__all__ = ["FeatcacheError", "load_model"]
 __version__ = "0.1.0"

@@ -116,7 +116,9 @@ def make_spec(name, input_size=None, pooling="avg", weights="imagenet", options=
         raise FeatcacheError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
     if weights not in ("imagenet", "none") and not Path(weights).is_file():
         raise FeatcacheError(f"--weights {weights!r}: no such file (use imagenet, none, or a weights file path)")
-    return BackboneSpec(name, size, pooling, str(weights), tuple(sorted(merged.items())), int(seed))
+    if weights not in ("imagenet", "none"):
+        weights = str(Path(weights).resolve())  # records must find it again from any folder
+    return BackboneSpec(name, size, pooling, weights, tuple(sorted(merged.items())), int(seed))
 
 
 def keras_home() -> Path:

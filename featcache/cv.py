@@ -213,6 +213,7 @@ def _record(name, final, chosen, features, folds, seed, fold_metrics, matrix, te
             "backbone": backbone["name"],
             "backbone_args": backbone["options"],
             "weights": backbone["weights"],
+            "seed": backbone["seed"],
             "weights_sha256": provenance["weights_sha256"],
             "input_size": backbone["input_size"],
             "pooling": backbone["pooling"],

@@ -275,23 +275,29 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _file_dataset(name, files, class_names, skip_bad) -> Dataset:
-    """Check every file decodes (in parallel), then build the splits; a bad file is an error or skipped."""
+    """Build the splits of a file-based dataset from (path, label) pairs per split."""
     splits, skipped = {}, []
     for split, entries in files.items():
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            sizes = list(pool.map(_decoded_size, [f for f, _ in entries]))
-        bad = [str(f) for (f, _), s in zip(entries, sizes) if s is None]
-        if bad and not skip_bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            raise FeatcacheError(f"cannot decode image {bad[0]}{more}: fix or remove it, or pass --skip-bad")
-        skipped += bad
-        kept = [(entry, s) for entry, s in zip(entries, sizes) if s is not None]
+        images, kept, bad = open_images([f for f, _ in entries], skip_bad)
         if not kept:
             raise FeatcacheError(f"no decodable images in the {split} split of {name}")
-        paths = [f for (f, _), _ in kept]
-        labels = np.array([label for (_, label), _ in kept], dtype=np.int64)
-        splits[split] = Split(FileImages(paths, [s for _, s in kept]), {"label": labels})
+        skipped += bad
+        labels = np.array([entries[i][1] for i in kept], dtype=np.int64)
+        splits[split] = Split(images, {"label": labels})
     return Dataset(name, splits, class_names, skipped)
+
+
+def open_images(paths: list[Path], skip_bad: bool = False) -> tuple[FileImages, list[int], list[str]]:
+    """Check every file decodes (in parallel): an undecodable one is an error naming it, or with
+    ``skip_bad`` is left out. Returns the images, the indices of the kept paths, and the skipped paths."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        sizes = list(pool.map(_decoded_size, paths))
+    bad = [str(p) for p, size in zip(paths, sizes) if size is None]
+    if bad and not skip_bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise FeatcacheError(f"cannot decode image {bad[0]}{more}: fix or remove it, or pass --skip-bad")
+    kept = [i for i, size in enumerate(sizes) if size is not None]
+    return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, bad
 
 
 def _decoded_size(path: Path):

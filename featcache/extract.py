@@ -137,10 +137,13 @@ def batch_pipeline(images, start: int, stop: int, batch_size: int, spec: Backbon
     Images of one size are read a batch at a time; images of mixed sizes one at a time, since they
     can only be stacked once resized. Both resize with the same TensorFlow bilinear op.
     """
-    import tensorflow as tf
+    return image_batches(images, start, stop, batch_size, spec.input_size, spec.backbone.preprocess_input())
 
-    size = spec.input_size
-    preprocess = spec.backbone.preprocess_input()
+
+def image_batches(images, start: int, stop: int, batch_size: int, size: int, transform):
+    """Batches of rows start..stop resized to size x size as in :func:`batch_pipeline`, then mapped by
+    ``transform``: the backbone's preprocessing when extracting; training puts augmentation in it too."""
+    import tensorflow as tf
 
     def numpy_source(read, rank):
         def load(index):
@@ -161,4 +164,4 @@ def batch_pipeline(images, start: int, stop: int, batch_size: int, spec: Backbon
     else:
         rows = tf.data.Dataset.range(start, stop).map(numpy_source(images.read_one, 3), **parallel)
         batches = rows.map(resize, **parallel).batch(batch_size)
-    return batches.map(preprocess, **parallel).prefetch(2)
+    return batches.map(transform, **parallel).prefetch(2)

@@ -14,7 +14,7 @@ back through :func:`load_record` / :func:`list_records`. A record is a plain dic
       "params": {...},                             # the estimator's get_params(), JSON-able
       "dataset": {"name", "fingerprint", "label_set", "class_names": [...],
                   "n_train", "n_test"},
-      "features": {"cache_key", "cache_file", "backbone", "backbone_args", "weights",
+      "features": {"cache_key", "cache_file", "backbone", "backbone_args", "weights", "seed",
                    "weights_sha256", "input_size", "pooling", "preprocessing", "dtype"}
                   # null for finetune/scratch records (they record "model" provenance instead)
       "cv": {"folds", "seed",

@@ -1,0 +1,145 @@
+"""Fine-tuning a pretrained backbone end to end, in two phases (the ``featcache finetune`` stage).
+
+Phase 1 ("head") trains a new head (the backbone's global pooling, dropout, a softmax Dense layer)
+on the frozen backbone; phase 2 ("finetune") also trains the backbone's top ``unfreeze`` blocks at
+a much lower learning rate. The backbone is called with ``training=False`` inside the model, so its
+BatchNorm layers stay in inference mode throughout: their moving statistics never change, which
+keeps small fine-tuning batches from wrecking the ImageNet statistics.
+
+A "block" is defined per backbone in :data:`BLOCKS`; unfreezing N blocks trains every layer from the
+first layer of the N-th block from the top to the output.
+"""
+
+import re
+from dataclasses import asdict, dataclass
+
+import keras
+
+from featcache.backbones import BackboneSpec, build_feature_model, weights_sha256
+from featcache.datasets import Dataset
+from featcache.errors import FeatcacheError
+from featcache.training import (Phase, TrainOptions, augmentation, compile_model, precision_policy,
+                                train_and_evaluate)
+
+# backbone -> regular expressions matching the name of the first layer of each block, bottom to top.
+# Backbones not listed fall back to "every layer with weights is a block".
+BLOCKS = {
+    "resnet50": [rf"conv{stage}_" for stage in range(2, 6)],
+    "resnet101": [rf"conv{stage}_" for stage in range(2, 6)],
+    "vgg16": [rf"block{block}_" for block in range(1, 6)],
+    "vgg19": [rf"block{block}_" for block in range(1, 6)],
+    "xception": [rf"block{block}_" for block in range(1, 15)],
+    "mobilenet": [rf"conv_(pad|dw)_{block}(_|$)" for block in range(1, 14)],
+    "mobilenetv2": ["expanded_conv_", *(rf"block_{block}_" for block in range(1, 17))],
+    "densenet121": [rf"conv{stage}_" for stage in range(2, 6)],
+    "efficientnetb0": [rf"block{stage}a_" for stage in range(1, 8)],
+}
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    epochs: int = 5  # phase 1: the head on the frozen backbone
+    finetune_epochs: int = 5  # phase 2: the head and the top blocks
+    unfreeze: int = 1  # blocks trained in phase 2 (0: no phase 2)
+    learning_rate: float = 1e-3  # Adam, phase 1
+    finetune_learning_rate: float = 1e-5  # Adam, phase 2
+    dropout: float = 0.2  # before the softmax layer
+    batch_size: int = 32
+    augment: bool = True  # random flip, shift, rotation and zoom
+
+
+def block_starts(backbone_name: str, layers) -> list[int]:
+    """The index in ``layers`` of the first layer of each block, bottom to top."""
+    patterns = BLOCKS.get(backbone_name)
+    if patterns is None:
+        return [i for i, layer in enumerate(layers) if layer.weights]
+    starts = []
+    for pattern in patterns:
+        found = next((i for i, layer in enumerate(layers) if re.match(pattern, layer.name)), None)
+        if found is None:
+            raise FeatcacheError(f"{backbone_name} has no layer matching {pattern!r}: update finetune.BLOCKS")
+        starts.append(found)
+    return starts
+
+
+def unfreeze_top_blocks(backbone, backbone_name: str, count: int) -> None:
+    """Make the top ``count`` blocks of ``backbone`` trainable and everything below them frozen."""
+    starts = block_starts(backbone_name, backbone.layers)
+    if not 1 <= count <= len(starts):
+        raise FeatcacheError(f"--unfreeze must be between 1 and the {len(starts)} blocks of {backbone_name}, "
+                             f"got {count}")
+    backbone.trainable = True
+    for index, layer in enumerate(backbone.layers):
+        layer.trainable = index >= starts[-count]
+
+
+def backbone_of(model):
+    """The backbone inside a fine-tuning model (its only nested model)."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+class FinetuneRecipe:
+    """A backbone and a new head, trained in two phases (see the module docstring)."""
+
+    kind = "finetune"
+
+    def __init__(self, spec: BackboneSpec, settings: FinetuneSettings):
+        self.spec, self.config = spec, settings
+        self.name = spec.name
+        self.input_size = spec.input_size
+        self.batch_size = settings.batch_size
+        self.settings = {key: value for key, value in asdict(settings).items() if key != "batch_size"}
+        self.approach = (f"finetune {spec.name}-{spec.input_size}-{spec.pooling} "
+                         f"(unfreeze {settings.unfreeze})")
+        self.provenance = {
+            "backbone": spec.name,
+            "backbone_args": dict(spec.options),
+            "weights": spec.weights,
+            "weights_sha256": weights_sha256(spec),
+            "input_size": spec.input_size,
+            "pooling": spec.pooling,
+            "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
+        }
+
+    def build(self, n_classes: int, images, rows):
+        size = self.spec.input_size
+        with precision_policy():
+            backbone = build_feature_model(self.spec)
+            inputs = keras.Input((size, size, 3))
+            features = backbone(inputs, training=False)  # BatchNorm in inference mode, in both phases
+            hidden = keras.layers.Dropout(self.config.dropout)(features)
+            outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32")(hidden)
+        return keras.Model(inputs, outputs, name=f"finetune_{self.spec.name}")
+
+    def phases(self) -> list[Phase]:
+        config = self.config
+
+        def train_head(model, steps):
+            backbone_of(model).trainable = False
+            compile_model(model, keras.optimizers.Adam(config.learning_rate))
+
+        def train_top_blocks(model, steps):
+            unfreeze_top_blocks(backbone_of(model), self.spec.name, config.unfreeze)
+            compile_model(model, keras.optimizers.Adam(config.finetune_learning_rate))
+
+        phases = [Phase("head", config.epochs, train_head)]
+        if config.unfreeze and config.finetune_epochs:
+            phases.append(Phase("finetune", config.finetune_epochs, train_top_blocks))
+        return phases
+
+    def transform(self, training: bool):
+        preprocess = self.spec.backbone.preprocess_input()
+        if not (training and self.config.augment):
+            return preprocess
+        augment = augmentation(flip=True, shift=0.1, rotation=0.05, zoom=0.1)
+        return lambda batch: preprocess(augment(batch))
+
+
+def finetune(dataset: Dataset, spec: BackboneSpec, settings: FinetuneSettings = FinetuneSettings(),
+             label_set: str | None = None, options: TrainOptions = TrainOptions(), root=None,
+             resume: bool = False, progress: bool = True, callbacks=()) -> dict:
+    """Fine-tune ``spec``'s backbone on ``dataset``; return the saved result record (see training.train_and_evaluate)."""
+    if settings.unfreeze:
+        unfreeze_top_blocks(build_feature_model(spec), spec.name, settings.unfreeze)  # a bad --unfreeze fails first
+    return train_and_evaluate(FinetuneRecipe(spec, settings), dataset, label_set, options, root, resume,
+                              progress, callbacks)

@@ -1,0 +1,139 @@
+"""Classify new images with the model of a result record.
+
+The feature pipeline is rebuilt from the record's provenance (backbone, weights, input size,
+pooling, preprocessing), never re-typed by the user, and refused when the weights file no longer
+matches the hash the record was made with. Images stream through the same tf.data pipeline as
+extraction, so a folder of 100,000 images is classified in flat memory.
+"""
+
+import csv
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from featcache import records
+from featcache.backbones import BackboneSpec, build_feature_model, make_spec, weights_sha256
+from featcache.datasets import IMAGE_SUFFIXES, open_images
+from featcache.errors import FeatcacheError
+
+
+def choose_record(ref: str, root=None, dataset=None, label_set=None) -> dict:
+    """A record by id or path, or with ``best`` the one with the highest CV accuracy (then test accuracy)."""
+    if ref != "best":
+        return records.load_record(ref, root)
+    candidates = [
+        r for r in records.list_records(root)
+        if r.get("model_file") and dataset in (None, r["dataset"]["name"], r["dataset"]["fingerprint"])
+        and label_set in (None, r["dataset"]["label_set"])
+    ]
+    if not candidates:
+        raise FeatcacheError("no result record with a saved model matches: run `featcache fit` first")
+    groups = {(r["dataset"]["fingerprint"], r["dataset"]["label_set"]) for r in candidates}
+    if len(groups) > 1:
+        raise FeatcacheError("records of several datasets or label sets: choose one with --dataset and --label")
+    return max(candidates, key=lambda r: (r["cv"]["summary"]["accuracy"]["mean"], (r.get("test") or {}).get("accuracy", -1)))
+
+
+def feature_spec(record: dict) -> BackboneSpec:
+    """The backbone settings that produced the record's features, checked against the weights hash."""
+    features = record.get("features")
+    if not features:
+        raise FeatcacheError(f"record {record['id']} has no feature pipeline (it is a {record['kind']} model)")
+    spec = make_spec(features["backbone"], features["input_size"], features["pooling"], features["weights"],
+                     features["backbone_args"] or None, features.get("seed", 0))
+    recorded, current = features["weights_sha256"], weights_sha256(spec)
+    if spec.weights == "imagenet" and current is None:
+        return spec  # not downloaded yet: Keras' loader fetches the file, checked again in load_pipeline
+    if recorded != current:
+        raise FeatcacheError(
+            f"the {spec.name} weights ({spec.weights}) have sha256 {str(current)[:12]}, but record {record['id']} "
+            f"was made with {str(recorded)[:12]}: restore that weights file or fit again"
+        )
+    return spec
+
+
+def load_head(record: dict):
+    import heads
+
+    if not record.get("model_file"):
+        raise FeatcacheError(f"record {record['id']} has no saved model: fit it again")
+    return heads.load_head(Path(record["_folder"]) / record["model_file"])
+
+
+def collect_images(inputs) -> list[Path]:
+    """Image files named directly, found under folders (recursively), or matched by glob patterns."""
+    found = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not matches:
+                raise FeatcacheError(f"no image matches {item}")
+            found += matches
+    if not found:
+        raise FeatcacheError("no images to classify: give image files, folders or glob patterns")
+    return found
+
+
+@dataclass
+class Prediction:
+    path: Path
+    classes: list[str]  # the top-k class names, most probable first
+    probabilities: list[float]
+
+
+def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad: bool = False, progress=True):
+    """Yield a :class:`Prediction` per image, batch by batch; ``skipped`` lists left-out files.
+
+    Returns (generator, skipped paths).
+    """
+    from tqdm import tqdm
+
+    from featcache.extract import batch_pipeline
+
+    if top_k < 1:
+        raise FeatcacheError(f"--top-k must be at least 1, got {top_k}")
+    spec, head = feature_spec(record), load_head(record)
+    images, _, skipped = open_images(collect_images(inputs), skip_bad)
+    model = build_feature_model(spec)
+    if record["features"]["weights_sha256"] != weights_sha256(spec):
+        raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
+    class_names = np.array(record["dataset"]["class_names"])
+
+    def generate():
+        row = 0
+        with tqdm(total=len(images), unit="img", disable=not progress, desc="predict") as bar:
+            for batch in batch_pipeline(images, 0, len(images), batch_size, spec):
+                proba = full_probabilities(head, model(batch, training=False).numpy(), len(class_names))
+                for p in proba:
+                    best = np.argsort(-p, kind="stable")[:top_k]
+                    yield Prediction(images.paths[row], list(class_names[best]), [float(v) for v in p[best]])
+                    row += 1
+                bar.update(len(proba))
+
+    return generate(), skipped
+
+
+def full_probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray:
+    """The head's probabilities laid out over every class of the dataset (absent classes get 0)."""
+    out = np.zeros((len(features), n_classes))
+    out[:, head.classes_] = head.predict_proba(features)
+    return out
+
+
+def write_csv(predictions, path: Path, top_k: int):
+    """Stream predictions into a CSV (path, then class and probability for each rank); yield them on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path"] + [f"{kind}{rank}" for rank in range(1, top_k + 1) for kind in ("class", "probability")])
+        for p in predictions:
+            writer.writerow([str(p.path)] + [v for pair in zip(p.classes, (f"{q:.6f}" for q in p.probabilities))
+                                             for v in pair])
+            yield p
