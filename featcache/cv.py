@@ -85,7 +85,7 @@ def scores(estimator, x: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[dic
         "top5_accuracy": float(top_k_accuracy_score(y, decision, k=5, labels=labels))
         if decision is not None and n_classes > 5 else None,
         "kappa": float(cohen_kappa_score(y, predicted)),
-        "log_loss": float(log_loss(y, np.clip(proba, 1e-15, 1), labels=labels)) if proba is not None else None,
+        "log_loss": float(log_loss(y, proba, labels=labels)) if proba is not None else None,
         "macro_f1": float(f1_score(y, predicted, average="macro", labels=np.unique(y))),
         "predict_seconds": round(seconds, 4),
     }

@@ -1,0 +1,24 @@
+"""``knn``: cosine k-nearest neighbours, a cheap baseline with nothing to train."""
+
+from sklearn.neighbors import KNeighborsClassifier
+
+from heads.base import Head, one_of, positive_int
+
+
+class KNNHead(Head):
+    """Standardised features -> k nearest training rows by cosine distance (brute force)."""
+
+    rules = {"n_neighbors": positive_int, "weights": one_of("uniform", "distance")}
+
+    def __init__(self, n_neighbors=10, weights="distance", pca=None, random_state=0):
+        self.n_neighbors = n_neighbors
+        self.weights = weights
+        self.pca = pca
+        self.random_state = random_state
+
+    def _fit(self, z, codes):
+        k = min(self.n_neighbors, len(z))
+        self.model_ = KNeighborsClassifier(k, weights=self.weights, metric="cosine", algorithm="brute").fit(z, codes)
+
+    def _scores(self, z):
+        return self.model_.predict_proba(z)

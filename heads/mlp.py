@@ -1,0 +1,112 @@
+"""``mlp``: the reference write-up's dense head in Keras (Dense 1024 relu, Dropout 0.5, softmax).
+
+The standardisation (and PCA, when asked for) fitted by :class:`heads.base.Head` becomes fixed
+layers at the front of the Keras model, so the saved ``.keras`` file maps raw features to class
+probabilities on its own, and ``featcache export`` can join it to the backbone as one model.
+Early stopping watches the loss on a held-out slice of the training rows and keeps the best epoch.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from heads.base import Head, fraction, one_of, positive, positive_int, rate, validation_slice
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
+
+
+class MLPHead(Head):
+    rules = {"units": positive_int, "dropout": rate,
+             "epochs": positive_int, "batch_size": positive_int, "learning_rate": positive,
+             "optimizer": one_of(*OPTIMIZERS), "patience": positive_int, "validation_fraction": fraction}
+
+    def __init__(self, units=1024, dropout=0.5, epochs=30, batch_size=256, learning_rate=1e-3, optimizer="adam",
+                 patience=3, validation_fraction=0.1, pca=None, random_state=0):
+        self.units = units
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.optimizer = optimizer
+        self.patience = patience
+        self.validation_fraction = validation_fraction
+        self.pca = pca
+        self.random_state = random_state
+
+    def _fit(self, z, codes):
+        import keras
+
+        keras.utils.set_random_seed(self.random_state)  # weights, dropout and shuffling: same seed, same head
+        net = keras.Sequential([
+            keras.Input((z.shape[1],)),
+            keras.layers.Dense(self.units, activation="relu"),
+            keras.layers.Dropout(self.dropout),
+            keras.layers.Dense(len(self.classes_), activation="softmax"),
+        ], name="mlp")
+        optimizer = keras.optimizers.get({"class_name": self.optimizer,
+                                          "config": {"learning_rate": self.learning_rate}})
+        net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+        fit_rows, stop_rows = validation_slice(codes, self.validation_fraction, self.random_state)
+        stop = keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)
+        history = net.fit(z[fit_rows], codes[fit_rows], validation_data=(z[stop_rows], codes[stop_rows]),
+                          epochs=self.epochs, batch_size=self.batch_size, callbacks=[stop], verbose=0)
+        self.epochs_run_ = len(history.history["loss"])
+        self.model_ = with_front(net, self.front_)
+        del self.front_  # the Keras model holds it now
+
+    def _front(self, x):
+        """Only the input checks: the Keras model standardises the features itself."""
+        check_is_fitted(self)
+        return validate_data(self, x, dtype=np.float32, reset=False)
+
+    def _scores(self, x):
+        return self.model_.predict(x, batch_size=4096, verbose=0)
+
+    def to_keras(self, n_classes: int):
+        """The head as a Keras model whose outputs cover classes 0..n_classes-1 (absent classes get 0)."""
+        import keras
+
+        spread = np.zeros((len(self.classes_), n_classes), dtype=np.float32)
+        spread[np.arange(len(self.classes_)), self.classes_] = 1.0
+        layer = keras.layers.Dense(n_classes, use_bias=False, trainable=False, name="to_all_classes")
+        outputs = layer(self.model_.output)
+        layer.set_weights([spread])
+        return keras.Model(self.model_.input, outputs, name="mlp_head")
+
+    def save(self, folder: Path) -> str:
+        """Write head.keras (features in, probabilities out) and head.json (parameters, classes)."""
+        self.model_.save(Path(folder) / "head.keras")
+        state = {"params": self.get_params(), "classes": self.classes_.tolist(),
+                 "n_features_in": int(self.n_features_in_), "epochs_run": self.epochs_run_}
+        (Path(folder) / "head.json").write_text(json.dumps(state))
+        return "head.keras"
+
+    @classmethod
+    def load(cls, path: Path) -> "MLPHead":
+        import keras
+
+        path = Path(path)
+        state = json.loads(path.with_suffix(".json").read_text())
+        head = cls(**state["params"])
+        head.classes_ = np.array(state["classes"])
+        head.n_features_in_, head.epochs_run_ = state["n_features_in"], state["epochs_run"]
+        head.model_ = keras.saving.load_model(path)
+        return head
+
+
+def with_front(net, front):
+    """net preceded by fixed layers equal to the fitted StandardScaler (+ PCA) pipeline ``front``."""
+    import keras
+
+    scaler, pca = front.steps[0][1], (front.steps[1][1] if len(front.steps) > 1 else None)
+    features = keras.Input((len(scaler.mean_),), name="features")
+    x = keras.layers.Normalization(mean=scaler.mean_, variance=scaler.scale_ ** 2, name="standardise")(features)
+    if pca is not None:
+        projection = keras.layers.Dense(pca.n_components_, trainable=False, name="pca")
+        x = projection(x)
+        kernel = pca.components_.T / (np.sqrt(pca.explained_variance_) if pca.whiten else 1.0)
+        projection.set_weights([kernel.astype(np.float32), (-pca.mean_ @ kernel).astype(np.float32)])
+    return keras.Model(features, net(x), name="mlp_head")
