@@ -1,0 +1,183 @@
+"""The heads: scikit-learn estimators that learn, validate their parameters, save and plug in."""
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+import heads
+from cli import main
+from featcache import cv
+from featcache.errors import FeatcacheError
+
+FAST = {"mlp": {"epochs": 10, "units": 64, "batch_size": 32}, "svm": {}, "logreg": {}, "xgboost": {"n_estimators": 30, "pca": 8},
+        "knn": {}}
+
+
+def blobs(n=300, classes=5, dim=24, seed=0, shift=0.0):
+    """Gaussian blobs, one per class, far enough apart that a good head scores near 100%."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    centres = np.random.default_rng(99).normal(0, 2.5, size=(classes, dim))
+    return (centres[y] + rng.normal(size=(n, dim)) + shift).astype(np.float32), y
+
+
+def features_of(x, y):
+    """cv.Features without a cache file: only the class names are read from it."""
+    fake_cache = type("Cache", (), {"class_names": {"label": [f"c{i}" for i in range(y.max() + 1)]}})()
+    return cv.Features(fake_cache, "label", x, y, None, None)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return blobs(), blobs(200, seed=1)
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_every_head_learns_and_is_a_classifier(name, data):
+    (x, y), (x_test, y_test) = data
+    head = heads.make_head(name, **FAST[name]).fit(x, y)
+    assert np.mean(head.predict(x_test) == y_test) > 0.9  # chance is 0.2
+    proba = head.predict_proba(x_test)
+    assert proba.shape == (200, 5) and np.allclose(proba.sum(axis=1), 1)
+    assert np.array_equal(head.classes_[np.argmax(proba, axis=1)], head.predict(x_test)) or name == "svm"
+    assert clone(head).get_params() == head.get_params()
+
+
+def test_svm_rbf_and_string_labels(data):
+    (x, y), (x_test, y_test) = data
+    names = np.array(list("abcde"))
+    head = heads.make_head("svm", kernel="rbf", n_components=100).fit(x, names[y])
+    assert np.mean(head.predict(x_test) == names[y_test]) > 0.9
+    assert head.decision_function(x_test).shape == (200, 5)
+
+
+def test_heads_work_inside_sklearn_tools(data):
+    (x, y), _ = data
+    scores = cross_validate(heads.make_head("logreg"), x, y, cv=3, scoring=["accuracy", "neg_log_loss"])
+    assert scores["test_accuracy"].min() > 0.9
+    pipeline = make_pipeline(FunctionTransformer(np.abs), heads.make_head("knn"))
+    assert pipeline.fit(x, y).score(x, y) > 0.9
+    search = GridSearchCV(heads.make_head("svm"), {"C": [1e-4, 1e-2]}, cv=3).fit(x, y)
+    assert search.best_params_["C"] in (1e-4, 1e-2)
+    assert heads.make_head("svm").set_params(C=0.5).C == 0.5
+
+
+def test_standardisation_is_fitted_on_training_rows_only(monkeypatch):
+    """Row ids ride along in column 0: the scaler of each fold must never see a held-out id."""
+    import heads.base
+
+    x, y = blobs(120, classes=3)
+    x[:, 0] = np.arange(len(x))
+    seen = []
+
+    class SpyScaler(heads.base.StandardScaler):
+        def fit(self, z, y=None, sample_weight=None):
+            seen.append(set(z[:, 0].astype(int)))
+            return super().fit(z, y, sample_weight)
+
+    monkeypatch.setattr(heads.base, "StandardScaler", SpyScaler)
+    folds = cv.fold_indices(y, 4, seed=0)
+    for name in ("logreg", "knn"):
+        seen.clear()
+        cv.cross_validate_head(name, {}, {}, features_of(x, y), folds)
+        assert len(seen) == 4
+        for rows_seen, (train, held_out) in zip(seen, folds):
+            assert rows_seen == set(train) and not rows_seen & set(held_out)
+
+
+def test_mlp_is_deterministic_with_a_seed(data):
+    (x, y), (x_test, _) = data
+    first = heads.make_head("mlp", **FAST["mlp"], random_state=3).fit(x, y).predict_proba(x_test)
+    second = heads.make_head("mlp", **FAST["mlp"], random_state=3).fit(x, y).predict_proba(x_test)
+    np.testing.assert_allclose(first, second, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_saved_head_reloads_and_predicts_the_same(name, data, tmp_path):
+    (x, y), (x_test, _) = data
+    head = heads.make_head(name, **FAST[name]).fit(x, y)
+    loaded = heads.load_head(tmp_path / heads.save_head(head, tmp_path))
+    np.testing.assert_allclose(loaded.predict_proba(x_test), head.predict_proba(x_test), atol=1e-6)
+    assert loaded.get_params() == head.get_params()
+
+
+def test_mlp_as_keras_model_covers_every_class(data):
+    (x, y), (x_test, _) = data
+    keep = y != 2  # class 2 absent from training: its probability column must be 0
+    head = heads.make_head("mlp", **FAST["mlp"], pca=10).fit(x[keep], y[keep])
+    proba = np.asarray(head.to_keras(6).predict(x_test, verbose=0))
+    assert proba.shape == (200, 6) and np.all(proba[:, [2, 5]] == 0)
+    np.testing.assert_allclose(proba[:, head.classes_], head.predict_proba(x_test), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("nosuchhead", {}, "unknown head 'nosuchhead'"),
+    ("svm", {"nosuchparam": 1}, "has no parameter 'nosuchparam'"),
+    ("svm", {"C": -1}, "C=-1: must be a number above 0"),
+    ("svm", {"kernel": "poly"}, "kernel='poly': must be one of linear, rbf"),
+    ("mlp", {"optimizer": "lion"}, "optimizer='lion'"),
+    ("mlp", {"dropout": 1.5}, "dropout=1.5"),
+    ("xgboost", {"device": "tpu"}, "device='tpu'"),
+    ("logreg", {"pca": 0}, "pca=0: must be none or an integer above 0"),
+    ("knn", {"n_neighbors": 2.5}, "n_neighbors=2.5"),
+])
+def test_bad_parameters_are_named(name, params, message):
+    with pytest.raises(FeatcacheError, match=message.replace("(", r"\(")):
+        heads.make_head(name, **params)
+
+
+def test_bad_parameter_set_later_fails_at_fit(data):
+    (x, y), _ = data
+    with pytest.raises(ValueError, match="C=0"):
+        heads.make_head("logreg").set_params(C=0).fit(x, y)
+
+
+PLUGIN = '''
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+
+class NearestCentroidHead(ClassifierMixin, BaseEstimator):
+    def __init__(self, shrink=0.0):
+        self.shrink = shrink
+
+    def fit(self, x, y):
+        self.classes_ = np.unique(y)
+        self.centroids_ = np.stack([x[y == c].mean(axis=0) for c in self.classes_])
+        return self
+
+    def decision_function(self, x):
+        return -((x[:, None, :] - self.centroids_[None]) ** 2).sum(axis=2)
+
+    def predict(self, x):
+        return self.classes_[np.argmax(self.decision_function(x), axis=1)]
+'''
+
+
+def test_third_party_head_plugs_in_through_an_entry_point(tmp_path, monkeypatch, data, root):
+    """A tiny package installed only for this test (a module and its dist-info on sys.path)."""
+    (tmp_path / "centroid_head.py").write_text(textwrap.dedent(PLUGIN))
+    info = tmp_path / "centroid_head-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: centroid-head\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[featcache.heads]\ncentroid = centroid_head:NearestCentroidHead\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "centroid_head", raising=False)
+
+    assert "centroid" in heads.available_heads()
+    (x, y), (x_test, y_test) = data
+    head = heads.make_head("centroid", shrink=0.1).fit(x, y)
+    assert np.mean(head.predict(x_test) == y_test) > 0.9
+    with pytest.raises(FeatcacheError, match="has no parameter 'C'"):
+        heads.make_head("centroid", C=1)
+    fold_metrics, _ = cv.cross_validate_head("centroid", {}, {}, features_of(x, y), cv.fold_indices(y, 3, 0))
+    assert min(m["accuracy"] for m in fold_metrics) > 0.9 and fold_metrics[0]["log_loss"] is None
+    listed = CliRunner().invoke(main, ["heads"])
+    assert "centroid" in listed.output and "shrink=0.0" in listed.output
