@@ -68,8 +68,9 @@ def export(record: dict, out_dir: Path) -> Path:
         raise FeatcacheError(f"{out_dir} is not empty: choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     features = image_model(spec)
-    if isinstance(head, keras.Model):
-        end_to_end = keras.Model(features.input, head(features.output), name="classifier")
+    if hasattr(head, "to_keras"):  # a Keras head: one end-to-end model
+        n_classes = len(record["dataset"]["class_names"])
+        end_to_end = keras.Model(features.input, head.to_keras(n_classes)(features.output), name="classifier")
         end_to_end.save(out_dir / "model.keras")
         files = {"model": "model.keras"}
     else:

@@ -18,7 +18,7 @@ class LogisticRegressionHead(Head):
 
     rules = {"C": positive, "max_iter": positive_int, "tol": positive}
 
-    def __init__(self, C=0.1, max_iter=200, tol=1e-4, pca=None, random_state=0):
+    def __init__(self, C=0.01, max_iter=200, tol=1e-4, pca=None, random_state=0):
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
