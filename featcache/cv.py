@@ -160,8 +160,11 @@ def fit_heads(head_names, features: Features, params=None, grid=None, folds=6, s
     from tqdm import tqdm
 
     params, grid = params or {}, grid or {}
-    for name in head_names:  # every parameter is checked before any fitting starts
+    for name in head_names:  # every parameter and grid value is checked before any fitting starts
         heads.make_head(name, **params)
+        for key, values in grid.items():
+            for value in values:
+                heads.make_head(name, **{**params, key: value})
     if test and features.x_test is None:
         raise FeatcacheError("--test needs a test split, and this cache has none")
     split = fold_indices(features.y_train, folds, seed)

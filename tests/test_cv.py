@@ -122,6 +122,7 @@ def test_fit_end_to_end_from_the_cli(root):
     (["--head", "svm", "--param", "nosuchparam=1"], "nosuchparam"),
     (["--label", "nosuchlabel"], "no label set 'nosuchlabel'"),
     (["--folds", "500"], "more than the"),
+    (["--head", "logreg", "--grid", "C=1,-1"], "C=-1: must be a number above 0"),
 ])
 def test_fit_bad_input(root, args, message):
     runner = CliRunner()
