@@ -176,13 +176,106 @@ def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, p
 
 
 def _print_results(saved):
+    """One line per record; "-" where it has no CV (finetune and scratch runs without --folds) or no test."""
     click.echo(f"{'approach':<44}{'CV accuracy':>18}{'test':>9}{'fit s':>9}  record")
     for r in saved:
-        accuracy = r["cv"]["summary"]["accuracy"]
-        test = f"{r['test']['accuracy'] * 100:.2f}" if r.get("test") else "-"
-        fit_s = r["cv"]["summary"]["fit_seconds"]["mean"]
-        click.echo(f"{r['approach']:<44}{accuracy['mean'] * 100:>10.2f} +/- {accuracy['std'] * 100:4.2f}"
-                   f"{test:>9}{fit_s:>9.1f}  {r['id']}")
+        summary, test = r["cv"]["summary"], r.get("test") or {}
+        accuracy = (f"{summary['accuracy']['mean'] * 100:>10.2f} +/- {summary['accuracy']['std'] * 100:4.2f}"
+                    if summary else f"{'-':>18}")
+        fit_s = summary["fit_seconds"]["mean"] if summary else test.get("fit_seconds")
+        click.echo(f"{r['approach']:<44}{accuracy}{_percent(test.get('accuracy')):>9}"
+                   f"{'-' if fit_s is None else f'{fit_s:.1f}':>9}  {r['id']}")
+
+
+def _percent(value):
+    return "-" if value is None else f"{value * 100:.2f}"
+
+
+def _training_options(command):
+    """The options finetune and scratch share: data, folds, early stopping, resume."""
+    options = [
+        click.option("--dataset", required=True,
+                     help="cifar10, cifar100, tiny-imagenet, digits, folder:PATH or synthetic[:n=..,classes=..]."),
+        click.option("--data-dir", type=click.Path(exists=True), help="Local copy of the dataset."),
+        click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded."),
+        click.option("--label", "label_set", help="Label set, e.g. fine or coarse (default: the dataset's first)."),
+        click.option("--folds", type=int, default=0, show_default=True,
+                     help="k-fold CV before the final model (0: none; the test split scores it)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Folds, shuffling, initialisation."),
+        click.option("--val-split", type=float, default=0.1, show_default=True,
+                     help="Share of training images held out for early stopping (0: none)."),
+        click.option("--patience", type=int, default=3, show_default=True,
+                     help="Epochs without a lower validation loss before a phase stops (0: never)."),
+        click.option("--resume", is_flag=True, help="Continue the newest unfinished run with the same settings."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.option("--backbone", required=True, help="A name from `featcache backbones`.")
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none (random), or a weights file.")
+@click.option("--input-size", type=int, help="Square input size in pixels (default: the backbone's).")
+@click.option("--pooling", type=click.Choice(["avg", "max"]), default="avg", show_default=True)
+@click.option("--alpha", type=float, help="Width multiplier of mobilenet / mobilenetv2.")
+@click.option("--unfreeze", type=int, default=1, show_default=True, help="Top blocks trained in phase 2 (0: no phase 2).")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Phase 1: the new head on the frozen backbone.")
+@click.option("--finetune-epochs", type=int, default=5, show_default=True, help="Phase 2: the head and the top blocks.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of phase 1.")
+@click.option("--finetune-lr", type=float, default=1e-5, show_default=True, help="Adam learning rate of phase 2.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--no-augment", is_flag=True, help="No random flips, shifts, rotations and zooms.")
+@click.option("--init-head", "init_head_ref",
+              help="Start phase 1 from this mlp head record, fitted on this backbone's cached features.")
+@_training_options
+@click.pass_obj
+def finetune(obj, backbone, weights, input_size, pooling, alpha, unfreeze, epochs, finetune_epochs, lr, finetune_lr,
+             batch_size, no_augment, init_head_ref, dataset, data_dir, skip_bad, label_set, folds, seed, val_split,
+             patience, resume):
+    """Fine-tune a pretrained backbone in two phases: a new head, then the top blocks."""
+    from featcache.backbones import make_spec
+    from featcache.datasets import load_dataset
+    from featcache.finetune import FinetuneSettings, finetune as run_finetune
+    from featcache.records import load_record
+    from featcache.training import TrainOptions
+
+    spec = make_spec(backbone, input_size, pooling, weights, {"alpha": alpha} if alpha is not None else None)
+    settings = FinetuneSettings(epochs=epochs, finetune_epochs=finetune_epochs, unfreeze=unfreeze, learning_rate=lr,
+                                finetune_learning_rate=finetune_lr, batch_size=batch_size, augment=not no_augment)
+    init_head = load_record(init_head_ref, obj["root"]) if init_head_ref else None
+    data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
+    record = run_finetune(data, spec, settings, label_set, TrainOptions(folds, seed, val_split, patience),
+                          obj["root"], resume, init_head=init_head)
+    _print_results([record])
+
+
+@main.command()
+@click.option("--model", default="basic-cnn", show_default=True, help="basic-cnn or wrn (Wide ResNet).")
+@click.option("--depth", type=int, help="wrn depth, 6n+4  [default: 28]")
+@click.option("--width", type=int, help="wrn width multiplier  [default: 10]")
+@click.option("--dropout", type=float, help="basic-cnn: after each block [0.25]; wrn: inside each block [0].")
+@click.option("--epochs", type=int, help="[default: basic-cnn 50, wrn 200]")
+@click.option("--batch-size", type=int, help="[default: basic-cnn 32, wrn 128]")
+@click.option("--lr", type=float, help="basic-cnn: Adam [1e-3]; wrn: SGD's initial rate [0.1].")
+@click.option("--input-size", type=int, help="Square input size in pixels (default: the dataset's own).")
+@click.option("--no-augment", is_flag=True, help="No random flips and shifts.")
+@_training_options
+@click.pass_obj
+def scratch(obj, model, depth, width, dropout, epochs, batch_size, lr, input_size, no_augment, dataset, data_dir,
+            skip_bad, label_set, folds, seed, val_split, patience, resume):
+    """Train basic-cnn or a Wide ResNet from random weights at the dataset's resolution."""
+    from featcache.datasets import load_dataset
+    from featcache.scratch import scratch as run_scratch, scratch_settings
+    from featcache.training import TrainOptions
+
+    settings = scratch_settings(model, depth=depth, width=width, dropout=dropout, epochs=epochs,
+                                batch_size=batch_size, learning_rate=lr, input_size=input_size,
+                                augment=False if no_augment else None)
+    data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
+    record = run_scratch(data, settings, label_set, TrainOptions(folds, seed, val_split, patience), obj["root"],
+                         resume)
+    _print_results([record])
 
 
 @main.command("heads")

@@ -2,24 +2,30 @@
 
 Phase 1 ("head") trains a new head (the backbone's global pooling, dropout, a softmax Dense layer)
 on the frozen backbone; phase 2 ("finetune") also trains the backbone's top ``unfreeze`` blocks at
-a much lower learning rate. The backbone is called with ``training=False`` inside the model, so its
-BatchNorm layers stay in inference mode throughout: their moving statistics never change, which
-keeps small fine-tuning batches from wrecking the ImageNet statistics.
+a much lower learning rate. The backbone's BatchNorm layers stay frozen and in inference mode
+throughout (it is called with ``training=False``, and phase 2 never unfreezes a BatchNorm layer):
+their moving statistics never change, which keeps small fine-tuning batches from wrecking the
+ImageNet statistics.
 
 A "block" is defined per backbone in :data:`BLOCKS`; unfreezing N blocks trains every layer from the
 first layer of the N-th block from the top to the output.
+
+Phase 1 may start from a Keras head (``mlp``) already fitted on the cached features of the same
+backbone (``init_head``, a head result record): that head replaces the new one, so the cache's work
+is reused.
 """
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import keras
 
 from featcache.backbones import BackboneSpec, build_feature_model, weights_sha256
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError
-from featcache.training import (Phase, TrainOptions, augmentation, compile_model, precision_policy,
-                                train_and_evaluate)
+from featcache.training import (Phase, TrainOptions, augmentation, check_at_least, check_positive, compile_model,
+                                precision_policy, train_and_evaluate)
 
 # backbone -> regular expressions matching the name of the first layer of each block, bottom to top.
 # Backbones not listed fall back to "every layer with weights is a block".
@@ -43,9 +49,17 @@ class FinetuneSettings:
     unfreeze: int = 1  # blocks trained in phase 2 (0: no phase 2)
     learning_rate: float = 1e-3  # Adam, phase 1
     finetune_learning_rate: float = 1e-5  # Adam, phase 2
-    dropout: float = 0.2  # before the softmax layer
+    dropout: float = 0.2  # before the softmax layer of a new head
     batch_size: int = 32
     augment: bool = True  # random flip, shift, rotation and zoom
+    init_head: str | None = None  # a fitted Keras head file phase 1 starts from (see init_head_file)
+
+    def check(self) -> None:
+        check_at_least(1, epochs=self.epochs, batch_size=self.batch_size)
+        check_at_least(0, finetune_epochs=self.finetune_epochs, unfreeze=self.unfreeze)
+        check_positive(lr=self.learning_rate, finetune_lr=self.finetune_learning_rate)
+        if not 0 <= self.dropout < 1:
+            raise FeatcacheError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 def block_starts(backbone_name: str, layers) -> list[int]:
@@ -63,23 +77,57 @@ def block_starts(backbone_name: str, layers) -> list[int]:
 
 
 def unfreeze_top_blocks(backbone, backbone_name: str, count: int) -> None:
-    """Make the top ``count`` blocks of ``backbone`` trainable and everything below them frozen."""
+    """Make the top ``count`` blocks of ``backbone`` trainable, except their BatchNorm layers, and everything
+    below them frozen.
+
+    A frozen BatchNorm layer runs in inference mode whatever ``training`` says; ``training=False`` at the
+    backbone's call alone does not stop ``fit`` from updating the moving statistics of trainable ones.
+    """
     starts = block_starts(backbone_name, backbone.layers)
     if not 1 <= count <= len(starts):
-        raise FeatcacheError(f"--unfreeze must be between 1 and the {len(starts)} blocks of {backbone_name}, "
+        raise FeatcacheError(f"--unfreeze must be between 0 and the {len(starts)} blocks of {backbone_name}, "
                              f"got {count}")
     backbone.trainable = True
     for index, layer in enumerate(backbone.layers):
-        layer.trainable = index >= starts[-count]
+        layer.trainable = index >= starts[-count] and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def backbone_of(model):
-    """The backbone inside a fine-tuning model (its only nested model)."""
+    """The backbone inside a fine-tuning model: its first nested model (a fitted head may be another)."""
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
+def init_head_file(record: dict, spec: BackboneSpec, dataset_fingerprint: str, label_set: str) -> Path:
+    """The saved Keras head of ``record``, checked to be fitted on ``spec``'s features of the same labels."""
+    model_file = record.get("model_file") or ""
+    if record["kind"] != "head" or not model_file.endswith(".keras"):
+        raise FeatcacheError(f"--init-head: record {record['id']} ({record['approach']}) has no saved Keras head: "
+                             "give the record of an mlp head")
+    features = record["features"]
+    wanted = {"backbone": spec.name, "backbone_args": dict(spec.options), "weights_sha256": weights_sha256(spec),
+              "seed": spec.seed, "input_size": spec.input_size, "pooling": spec.pooling}
+    differences = [f"{key} {features.get(key)} vs {value}" for key, value in wanted.items()
+                   if features.get(key) != value]
+    if differences:
+        raise FeatcacheError(f"--init-head: record {record['id']} was fitted on other features than "
+                             f"these ({'; '.join(differences)})")
+    dataset = record["dataset"]
+    if (dataset["fingerprint"], dataset["label_set"]) != (dataset_fingerprint, label_set):
+        raise FeatcacheError(f"--init-head: record {record['id']} was fitted on {dataset['name']} "
+                             f"({dataset['label_set']} labels), not on this dataset's {label_set} labels")
+    return Path(record["_folder"]) / model_file
+
+
+def fitted_head(path: str, n_classes: int):
+    head = keras.saving.load_model(path)
+    if head.output_shape[-1] != n_classes:
+        raise FeatcacheError(f"--init-head: the head in {path} has {head.output_shape[-1]} outputs, "
+                             f"not {n_classes} classes")
+    return head
+
+
 class FinetuneRecipe:
-    """A backbone and a new head, trained in two phases (see the module docstring)."""
+    """A backbone and a new (or fitted) head, trained in two phases (see the module docstring)."""
 
     kind = "finetune"
 
@@ -89,8 +137,8 @@ class FinetuneRecipe:
         self.input_size = spec.input_size
         self.batch_size = settings.batch_size
         self.settings = {key: value for key, value in asdict(settings).items() if key != "batch_size"}
-        self.approach = (f"finetune {spec.name}-{spec.input_size}-{spec.pooling} "
-                         f"(unfreeze {settings.unfreeze})")
+        start = ", from a fitted head" if settings.init_head else ""
+        self.approach = f"finetune {spec.name}-{spec.input_size}-{spec.pooling} (unfreeze {settings.unfreeze}{start})"
         self.provenance = {
             "backbone": spec.name,
             "backbone_args": dict(spec.options),
@@ -107,8 +155,11 @@ class FinetuneRecipe:
             backbone = build_feature_model(self.spec)
             inputs = keras.Input((size, size, 3))
             features = backbone(inputs, training=False)  # BatchNorm in inference mode, in both phases
-            hidden = keras.layers.Dropout(self.config.dropout)(features)
-            outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32")(hidden)
+            if self.config.init_head:
+                outputs = fitted_head(self.config.init_head, n_classes)(features)
+            else:
+                hidden = keras.layers.Dropout(self.config.dropout)(features)
+                outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32")(hidden)
         return keras.Model(inputs, outputs, name=f"finetune_{self.spec.name}")
 
     def phases(self) -> list[Phase]:
@@ -137,9 +188,19 @@ class FinetuneRecipe:
 
 def finetune(dataset: Dataset, spec: BackboneSpec, settings: FinetuneSettings = FinetuneSettings(),
              label_set: str | None = None, options: TrainOptions = TrainOptions(), root=None,
-             resume: bool = False, progress: bool = True, callbacks=()) -> dict:
-    """Fine-tune ``spec``'s backbone on ``dataset``; return the saved result record (see training.train_and_evaluate)."""
-    if settings.unfreeze:
-        unfreeze_top_blocks(build_feature_model(spec), spec.name, settings.unfreeze)  # a bad --unfreeze fails first
+             resume: bool = False, progress: bool = True, callbacks=(), init_head: dict | None = None) -> dict:
+    """Fine-tune ``spec``'s backbone on ``dataset``; return the saved result record (see training.train_and_evaluate).
+
+    ``init_head``: an mlp head's result record, fitted on this backbone's cached features of ``dataset``,
+    that phase 1 starts from.
+    """
+    settings.check()
+    options.check()
+    if settings.unfreeze:  # a bad --unfreeze fails before any training; layer names do not depend on weights
+        unfreeze_top_blocks(build_feature_model(replace(spec, weights="none")), spec.name, settings.unfreeze)
+    if init_head is not None:
+        label_set = label_set or dataset.label_sets[0]
+        path = init_head_file(init_head, spec, dataset.fingerprint(), label_set)
+        settings = replace(settings, init_head=str(path))
     return train_and_evaluate(FinetuneRecipe(spec, settings), dataset, label_set, options, root, resume,
                               progress, callbacks)

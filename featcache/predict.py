@@ -14,22 +14,29 @@ from pathlib import Path
 import numpy as np
 
 from featcache import records
-from featcache.backbones import BackboneSpec, build_feature_model, make_spec, weights_sha256
+from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, make_spec, weights_sha256
 from featcache.datasets import IMAGE_SUFFIXES, open_images
 from featcache.errors import FeatcacheError
 
+TRAINED_KINDS = ("finetune", "scratch")  # records whose saved model takes images, not features
+
 
 def choose_record(ref: str, root=None, dataset=None, label_set=None) -> dict:
-    """A record by id or path, or with ``best`` the one with the highest CV accuracy (then test accuracy)."""
+    """A record by id or path, or with ``best`` the one with the highest CV accuracy (then test accuracy).
+
+    ``best`` considers only records with a CV accuracy (finetune and scratch runs without --folds have none).
+    """
     if ref != "best":
         return records.load_record(ref, root)
     candidates = [
         r for r in records.list_records(root)
-        if r.get("model_file") and dataset in (None, r["dataset"]["name"], r["dataset"]["fingerprint"])
+        if r.get("model_file") and "accuracy" in r["cv"]["summary"]
+        and dataset in (None, r["dataset"]["name"], r["dataset"]["fingerprint"])
         and label_set in (None, r["dataset"]["label_set"])
     ]
     if not candidates:
-        raise FeatcacheError("no result record with a saved model matches: run `featcache fit` first")
+        raise FeatcacheError("no result record with a saved model and a CV accuracy matches: run `featcache fit` "
+                             "first, or give a record id with --result")
     groups = {(r["dataset"]["fingerprint"], r["dataset"]["label_set"]) for r in candidates}
     if len(groups) > 1:
         raise FeatcacheError("records of several datasets or label sets: choose one with --dataset and --label")
@@ -95,22 +102,20 @@ def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad
     """
     from tqdm import tqdm
 
-    from featcache.extract import batch_pipeline
-
     if top_k < 1:
         raise FeatcacheError(f"--top-k must be at least 1, got {top_k}")
-    spec, head = feature_spec(record), load_head(record)
-    images, _, skipped = open_images(collect_images(inputs), skip_bad)
-    model = build_feature_model(spec)
-    if record["features"]["weights_sha256"] != weights_sha256(spec):
-        raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
     class_names = np.array(record["dataset"]["class_names"])
+    if record["kind"] in TRAINED_KINDS:
+        batches, probabilities = trained_model(record, batch_size)
+    else:
+        batches, probabilities = head_on_features(record, batch_size, len(class_names))
+    images, _, skipped = open_images(collect_images(inputs), skip_bad)
 
     def generate():
         row = 0
         with tqdm(total=len(images), unit="img", disable=not progress, desc="predict") as bar:
-            for batch in batch_pipeline(images, 0, len(images), batch_size, spec):
-                proba = full_probabilities(head, model(batch, training=False).numpy(), len(class_names))
+            for batch in batches(images):
+                proba = probabilities(batch)
                 for p in proba:
                     best = np.argsort(-p, kind="stable")[:top_k]
                     yield Prediction(images.paths[row], list(class_names[best]), [float(v) for v in p[best]])
@@ -118,6 +123,35 @@ def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad
                 bar.update(len(proba))
 
     return generate(), skipped
+
+
+def head_on_features(record: dict, batch_size: int, n_classes: int):
+    """(images -> preprocessed batches, batch -> probabilities) of a head on the record's backbone features."""
+    from featcache.extract import batch_pipeline
+
+    spec, head = feature_spec(record), load_head(record)
+    model = build_feature_model(spec)
+    if record["features"]["weights_sha256"] != weights_sha256(spec):
+        raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
+    return (lambda images: batch_pipeline(images, 0, len(images), batch_size, spec),
+            lambda batch: full_probabilities(head, model(batch, training=False).numpy(), n_classes))
+
+
+def trained_model(record: dict, batch_size: int):
+    """The same pair for a finetune or scratch record's saved model: images resized to its input size, then
+    the backbone's preprocessing (finetune) or none (scratch models standardise their input themselves)."""
+    import keras
+
+    from featcache.extract import image_batches
+
+    if not record.get("model_file"):
+        raise FeatcacheError(f"record {record['id']} has no saved model: train it again")
+    model = keras.saving.load_model(Path(record["_folder"]) / record["model_file"])
+    provenance = record["model"]
+    transform = get_backbone(provenance["backbone"]).preprocess_input() if record["kind"] == "finetune" \
+        else (lambda batch: batch)
+    return (lambda images: image_batches(images, 0, len(images), batch_size, provenance["input_size"], transform),
+            lambda batch: np.asarray(model(batch, training=False), dtype=np.float64))
 
 
 def full_probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray:

@@ -20,8 +20,8 @@ import numpy as np
 
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError
-from featcache.training import (Phase, TrainOptions, augmentation, compile_model, native_size,
-                                precision_policy, train_and_evaluate, train_split_name)
+from featcache.training import (Phase, TrainOptions, augmentation, check_at_least, check_positive, compile_model,
+                                native_size, precision_policy, train_and_evaluate, train_split_name)
 
 STATISTICS_SAMPLE = 2000  # training images the channel mean and variance are computed from
 DENSE_DROPOUT = 0.5  # basic-cnn, after Dense 512 (as in the Keras example)
@@ -42,6 +42,17 @@ class ScratchSettings:
     augment: bool = True
     input_size: int | None = None  # None: the dataset's native size
 
+    def check(self) -> None:
+        if self.model not in ARCHITECTURES:
+            raise FeatcacheError(f"unknown model {self.model!r}: choose from {', '.join(ARCHITECTURES)}")
+        check_at_least(1, epochs=self.epochs, batch_size=self.batch_size, width=self.width)
+        check_positive(lr=self.learning_rate)
+        check_at_least(0, weight_decay=self.weight_decay)
+        if not 0 <= self.dropout < 1:
+            raise FeatcacheError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.model == "wrn" and (self.depth < 10 or (self.depth - 4) % 6):
+            raise FeatcacheError(f"--depth must be 6n+4 and at least 10 (e.g. 16, 22, 28, 40), got {self.depth}")
+
 
 MODEL_DEFAULTS = {
     "basic-cnn": ScratchSettings(),
@@ -50,10 +61,12 @@ MODEL_DEFAULTS = {
 
 
 def scratch_settings(model: str, **changes) -> ScratchSettings:
-    """``model``'s default settings with every change that is not None applied."""
+    """``model``'s default settings with every change that is not None applied, checked."""
     if model not in MODEL_DEFAULTS:
         raise FeatcacheError(f"unknown model {model!r}: choose from {', '.join(MODEL_DEFAULTS)}")
-    return replace(MODEL_DEFAULTS[model], **{key: value for key, value in changes.items() if value is not None})
+    settings = replace(MODEL_DEFAULTS[model], **{key: value for key, value in changes.items() if value is not None})
+    settings.check()
+    return settings
 
 
 def basic_cnn(x, n_classes: int, settings: ScratchSettings):
@@ -99,6 +112,7 @@ def wide_resnet(x, n_classes: int, settings: ScratchSettings):
 
 
 ARCHITECTURES = {"basic-cnn": basic_cnn, "wrn": wide_resnet}
+MIN_SIZE = {"basic-cnn": 10, "wrn": 4}  # pixels: basic-cnn's unpadded convolutions and poolings shrink 10 to 1
 
 
 def channel_statistics(images, rows: np.ndarray, seed: int = 0):
@@ -114,10 +128,10 @@ class ScratchRecipe:
     kind = "scratch"
 
     def __init__(self, settings: ScratchSettings, input_size: int):
-        if settings.model not in ARCHITECTURES:
-            raise FeatcacheError(f"unknown model {settings.model!r}: choose from {', '.join(ARCHITECTURES)}")
-        if settings.model == "wrn" and (settings.depth < 10 or (settings.depth - 4) % 6):
-            raise FeatcacheError(f"--depth must be 6n+4 and at least 10 (e.g. 16, 22, 28, 40), got {settings.depth}")
+        settings.check()
+        if input_size < MIN_SIZE[settings.model]:
+            raise FeatcacheError(f"{settings.model} needs images of at least {MIN_SIZE[settings.model]} pixels, "
+                                 f"got {input_size}: pass --input-size")
         self.config = settings
         self.name = f"wrn-{settings.depth}-{settings.width}" if settings.model == "wrn" else settings.model
         self.input_size = input_size

@@ -56,6 +56,26 @@ class TrainOptions:
     val_split: float = 0.1  # share of each unit's training rows held out for early stopping; 0: none
     patience: int = 3  # epochs without a lower validation loss before a phase stops; 0: never early
 
+    def check(self) -> None:
+        if self.folds < 0 or self.folds == 1:
+            raise FeatcacheError(f"--folds must be 0 (no cross-validation) or at least 2, got {self.folds}")
+        if not 0 <= self.val_split < 1:
+            raise FeatcacheError(f"--val-split must be in [0, 1), got {self.val_split}")
+        check_at_least(0, patience=self.patience)
+
+
+def check_at_least(minimum: int, **values) -> None:
+    """Raise a FeatcacheError naming the first option (``batch_size`` as --batch-size) below ``minimum``."""
+    for name, value in values.items():
+        if value < minimum:
+            raise FeatcacheError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
+def check_positive(**values) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise FeatcacheError(f"--{name.replace('_', '-')} must be above 0, got {value}")
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -355,7 +375,8 @@ class KerasClassifier:
     def predict_proba(self, images) -> np.ndarray:
         batches = image_batches(images, 0, len(images), self.recipe.batch_size, self.recipe.input_size,
                                 self.recipe.transform(False))
-        return self.model.predict(batches, verbose=0)
+        proba = self.model.predict(batches, verbose=0).astype(np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rows miss 1 by rounding
 
 
 def evaluate(model, recipe: Recipe, images, labels: np.ndarray, rows: np.ndarray, n_classes: int):
@@ -377,7 +398,10 @@ def train_and_evaluate(recipe: Recipe, dataset: Dataset, label_set: str | None =
     """
     from sklearn.metrics import confusion_matrix
 
+    options.check()
     data = training_data(dataset, label_set)
+    if not options.folds and data.test_images is None:
+        raise FeatcacheError(f"dataset {dataset.name} has no test split to score on: use --folds")
     n_classes = len(data.class_names)
     folds = fold_indices(data.labels, options.folds, options.seed) if options.folds else []
     folder = _run_folder(_run_settings(recipe, data, options), recipe.name, root, resume)
