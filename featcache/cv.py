@@ -6,6 +6,7 @@ on the held-out fold, refitted on the whole training split, optionally scored on
 and written out as a result record with its fitted model (:func:`fit_heads`).
 """
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -120,9 +121,13 @@ def fit_one(estimator, grid: dict, x, y, seed: int):
     return estimator, chosen, round(time.perf_counter() - started, 4)
 
 
-def _run_fold(name, params, grid, x, y, train, held_out, n_classes, seed):
-    estimator, chosen, fit_seconds = fit_one(heads.make_head(name, **params), grid, x[train], y[train], seed)
-    metrics, predicted = scores(estimator, x[held_out], y[held_out], n_classes)
+def _run_fold(name, params, grid, x, y, train, held_out, n_classes, seed, threads):
+    from threadpoolctl import threadpool_limits
+
+    # folds in parallel share the cores: OpenBLAS threads that outnumber them spin and slow everything down
+    with threadpool_limits(threads):
+        estimator, chosen, fit_seconds = fit_one(heads.make_head(name, **params), grid, x[train], y[train], seed)
+        metrics, predicted = scores(estimator, x[held_out], y[held_out], n_classes)
     return {**metrics, "fit_seconds": fit_seconds, "chosen_params": chosen}, predicted
 
 
@@ -132,7 +137,9 @@ def cross_validate_head(name, params, grid, features: Features, folds, jobs: int
     from sklearn.metrics import confusion_matrix
 
     x, y, n_classes = features.x_train, features.y_train, len(features.class_names)
-    tasks = (delayed(_run_fold)(name, params, grid, x, y, tr, te, n_classes, i) for i, (tr, te) in enumerate(folds))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    tasks = (delayed(_run_fold)(name, params, grid, x, y, tr, te, n_classes, i, threads)
+             for i, (tr, te) in enumerate(folds))
     fold_metrics, out_of_fold = [], np.empty_like(y)
     for (metrics, predicted), (_, held_out) in zip(Parallel(n_jobs=jobs, return_as="generator")(tasks), folds):
         fold_metrics.append(metrics)

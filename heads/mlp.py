@@ -63,7 +63,8 @@ class MLPHead(Head):
         return validate_data(self, x, dtype=np.float32, reset=False)
 
     def _scores(self, x):
-        return self.model_.predict(x, batch_size=4096, verbose=0)
+        # called directly, batch by batch: model.predict would trace a new function for every fitted head
+        return np.concatenate([self.model_(x[i:i + 4096], training=False).numpy() for i in range(0, len(x), 4096)])
 
     def to_keras(self, n_classes: int):
         """The head as a Keras model whose outputs cover classes 0..n_classes-1 (absent classes get 0)."""
@@ -98,15 +99,35 @@ class MLPHead(Head):
 
 
 def with_front(net, front):
-    """net preceded by fixed layers equal to the fitted StandardScaler (+ PCA) pipeline ``front``."""
+    """One Keras model on raw features: the fitted StandardScaler (+ PCA) ``front``, then ``net``.
+
+    Keras' Normalization layer divides by max(std, 1e-7), which differs from StandardScaler for
+    features of tiny variance (those of a random-weights backbone), so it only centres here and
+    the division by the scale is folded into the next layer's kernel, exactly.
+    """
     import keras
 
     scaler, pca = front.steps[0][1], (front.steps[1][1] if len(front.steps) > 1 else None)
     features = keras.Input((len(scaler.mean_),), name="features")
-    x = keras.layers.Normalization(mean=scaler.mean_, variance=scaler.scale_ ** 2, name="standardise")(features)
+    x = keras.layers.Normalization(mean=scaler.mean_, variance=np.ones_like(scaler.mean_), name="centre")(features)
+    inverse_scale = (1.0 / scaler.scale_)[:, None]
+    first, *rest = net.layers
+    kernel, bias = first.get_weights()
     if pca is not None:
-        projection = keras.layers.Dense(pca.n_components_, trainable=False, name="pca")
-        x = projection(x)
-        kernel = pca.components_.T / (np.sqrt(pca.explained_variance_) if pca.whiten else 1.0)
-        projection.set_weights([kernel.astype(np.float32), (-pca.mean_ @ kernel).astype(np.float32)])
-    return keras.Model(features, net(x), name="mlp_head")
+        projection = pca.components_.T / (np.sqrt(pca.explained_variance_) if pca.whiten else 1.0)
+        x = _dense(x, inverse_scale * projection, -pca.mean_ @ projection, None, "pca")
+    else:
+        kernel = inverse_scale * kernel
+    x = _dense(x, kernel, bias, first.activation, "hidden")
+    for layer in rest:
+        x = layer(x)
+    return keras.Model(features, x, name="mlp_head")
+
+
+def _dense(x, kernel, bias, activation, name):
+    import keras
+
+    layer = keras.layers.Dense(kernel.shape[1], activation=activation, name=name)
+    out = layer(x)
+    layer.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return out

@@ -50,6 +50,14 @@ def test_every_head_learns_and_is_a_classifier(name, data):
     assert clone(head).get_params() == head.get_params()
 
 
+@pytest.mark.parametrize("name", list(FAST))
+def test_heads_learn_features_of_tiny_scale(name, data):
+    """A random-weights backbone pools features of about 1e-11: standardisation must still see them."""
+    (x, y), (x_test, y_test) = data
+    head = heads.make_head(name, **FAST[name]).fit(x * 1e-11, y)
+    assert np.mean(head.predict(x_test * 1e-11) == y_test) > 0.9
+
+
 def test_svm_rbf_and_string_labels(data):
     (x, y), (x_test, y_test) = data
     names = np.array(list("abcde"))
