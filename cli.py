@@ -109,7 +109,7 @@ def cache_info(obj, ref):
 
     found = FeatureCache(find(ref, obj["root"]))
     click.echo(f"file: {found.path}")
-    click.echo(f"splits: " + ", ".join(f"{s} {n:,} x {found.width} {found.dtype}" for s, n in found.rows.items()))
+    click.echo("splits: " + ", ".join(f"{s} {n:,} x {found.width} {found.dtype}" for s, n in found.rows.items()))
     click.echo("label sets: " + ", ".join(f"{k} ({len(v)} classes)" for k, v in found.class_names.items()))
     click.echo(json.dumps(found.provenance, indent=2))
 

@@ -14,7 +14,6 @@ On 2 CPU cores a full CIFAR-10 epoch of each stage takes minutes, so --train-per
 """
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path

@@ -277,7 +277,7 @@ def verify(path) -> list[str]:
     """Problems found in a cache file (empty when it is complete and consistent)."""
     path = Path(path)
     if path.suffix == ".partial":
-        return [f"incomplete extraction: rerun `featcache extract` with the same options to resume"]
+        return ["incomplete extraction: rerun `featcache extract` with the same options to resume"]
     try:
         cache = FeatureCache(path)
     except FeatcacheError as exc:

@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 import heads
 from cli import main
-from featcache import cache, cv, records
+from featcache import cv, records
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError
 
