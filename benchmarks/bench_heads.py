@@ -78,7 +78,7 @@ def speed(names, full):
 
 
 def trade_off(names):
-    import heads
+    from featcache import heads
     from featcache.cache import FeatureCache, select
     from featcache.cv import load_features
 

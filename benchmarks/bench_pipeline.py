@@ -38,7 +38,7 @@ def main():
         offline_weights()
     os.environ.setdefault("FEATCACHE_CACHE", str(ROOT / "cache"))
 
-    import heads
+    from featcache import heads
     from featcache.backbones import make_spec
     from featcache.cache import FeatureCache
     from featcache.cv import fit_heads, load_features

@@ -14,7 +14,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, log_loss, top_k_accuracy_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-import heads
+from featcache import heads
 from featcache import records
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError

@@ -62,7 +62,7 @@ def feature_spec(record: dict) -> BackboneSpec:
 
 
 def load_head(record: dict):
-    import heads
+    from featcache import heads
 
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: fit it again")

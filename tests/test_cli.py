@@ -3,7 +3,7 @@
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from featcache.cli import main
 
 SMALL = ["--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32", "--weights", "none"]
 

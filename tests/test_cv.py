@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import heads
-from cli import main
+from featcache import heads
+from featcache.cli import main
 from featcache import cv, records
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError

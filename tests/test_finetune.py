@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
+from featcache.cli import main
 from conftest import SHARED_DATA, write_images
 from featcache import records
 from featcache.backbones import build_feature_model, make_spec, weights_sha256

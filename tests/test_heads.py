@@ -11,8 +11,8 @@ from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-import heads
-from cli import main
+from featcache import heads
+from featcache.cli import main
 from featcache import cv
 from featcache.errors import FeatcacheError
 
@@ -79,18 +79,18 @@ def test_heads_work_inside_sklearn_tools(data):
 
 def test_standardisation_is_fitted_on_training_rows_only(monkeypatch):
     """Row ids ride along in column 0: the scaler of each fold must never see a held-out id."""
-    import heads.base
+    import featcache.heads.base
 
     x, y = blobs(120, classes=3)
     x[:, 0] = np.arange(len(x))
     seen = []
 
-    class SpyScaler(heads.base.StandardScaler):
+    class SpyScaler(featcache.heads.base.StandardScaler):
         def fit(self, z, y=None, sample_weight=None):
             seen.append(set(z[:, 0].astype(int)))
             return super().fit(z, y, sample_weight)
 
-    monkeypatch.setattr(heads.base, "StandardScaler", SpyScaler)
+    monkeypatch.setattr(featcache.heads.base, "StandardScaler", SpyScaler)
     folds = cv.fold_indices(y, 4, seed=0)
     for name in ("logreg", "knn"):
         seen.clear()

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import write_images
 
-import heads
-from cli import main
+from featcache import heads
+from featcache.cli import main
 from featcache import cv, records
 from featcache.backbones import build_feature_model, make_spec
 from featcache.cache import FeatureCache

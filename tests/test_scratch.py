@@ -6,7 +6,7 @@ import keras
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from featcache.cli import main
 from featcache import records
 from featcache.datasets import load_dataset
 from featcache.report import build_report

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from heads.base import Head, fraction, one_of, optional, positive, positive_int, share, validation_slice
+from featcache.heads.base import Head, fraction, one_of, optional, positive, positive_int, share, validation_slice
 
 
 class XGBoostHead(Head):

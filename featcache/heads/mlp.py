@@ -1,6 +1,6 @@
 """``mlp``: the reference write-up's dense head in Keras (Dense 1024 relu, Dropout 0.5, softmax).
 
-The standardisation (and PCA, when asked for) fitted by :class:`heads.base.Head` becomes fixed
+The standardisation (and PCA, when asked for) fitted by :class:`featcache.heads.base.Head` becomes fixed
 layers at the front of the Keras model, so the saved ``.keras`` file maps raw features to class
 probabilities on its own, and ``featcache export`` can join it to the backbone as one model.
 Early stopping watches the loss on a held-out slice of the training rows and keeps the best epoch.
@@ -13,7 +13,7 @@ import numpy as np
 
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from heads.base import Head, fraction, one_of, positive, positive_int, rate, validation_slice
+from featcache.heads.base import Head, fraction, one_of, positive, positive_int, rate, validation_slice
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 

@@ -2,7 +2,7 @@
 
 from sklearn.neighbors import KNeighborsClassifier
 
-from heads.base import Head, one_of, positive_int
+from featcache.heads.base import Head, one_of, positive_int
 
 
 class KNNHead(Head):

@@ -16,7 +16,7 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.kernel_approximation import Nystroem
 
-from heads.base import Head, fraction, one_of, optional, positive, positive_int, validation_slice
+from featcache.heads.base import Head, fraction, one_of, optional, positive, positive_int, validation_slice
 
 
 class SVMHead(Head):

@@ -5,7 +5,7 @@ import warnings
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from heads.base import Head, positive, positive_int
+from featcache.heads.base import Head, positive, positive_int
 
 
 class LogisticRegressionHead(Head):

@@ -160,7 +160,7 @@ def cache_rm(obj, refs):
 @click.pass_obj
 def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, param_items, grid_items, test, jobs):
     """Fit heads on cached features with stratified k-fold cross-validation."""
-    import heads
+    from featcache import heads
     from featcache.cache import FeatureCache, select
     from featcache.cv import fit_heads, load_features, parse_grid, parse_params
 
@@ -281,7 +281,7 @@ def scratch(obj, model, depth, width, dropout, epochs, batch_size, lr, input_siz
 @main.command("heads")
 def list_heads():
     """List the heads (built in and plugged in) and their default parameters."""
-    import heads
+    from featcache import heads
 
     for name in heads.available_heads():
         defaults = heads.get_head_class(name)().get_params(deep=False)

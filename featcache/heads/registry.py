@@ -16,11 +16,11 @@ from pathlib import Path
 import joblib
 
 from featcache.errors import FeatcacheError
-from heads.knn import KNNHead
-from heads.logreg import LogisticRegressionHead
-from heads.mlp import MLPHead
-from heads.svm import SVMHead
-from heads.xgb import XGBoostHead
+from featcache.heads.knn import KNNHead
+from featcache.heads.logreg import LogisticRegressionHead
+from featcache.heads.mlp import MLPHead
+from featcache.heads.svm import SVMHead
+from featcache.heads.xgb import XGBoostHead
 
 BUILT_IN = {"mlp": MLPHead, "svm": SVMHead, "logreg": LogisticRegressionHead, "xgboost": XGBoostHead,
             "knn": KNNHead}

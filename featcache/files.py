@@ -1,0 +1,40 @@
+"""File helpers every stage shares: atomic writes and content hashes."""
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; it replaces ``path`` only when the block succeeds.
+
+    A process killed inside the block leaves ``path`` as it was (and at worst a ``*.tmp`` file).
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomically(path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(data)
+
+
+def write_json(path, value, default=None) -> None:
+    write_atomically(path, json.dumps(value, indent=2, default=default).encode())
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
