@@ -23,9 +23,9 @@ import numpy as np
 from _common import ROOT, WEIGHTS_FILE, skip_unless, table, write_results
 from featcache.backbones import keras_home, make_spec
 from featcache.datasets import Dataset, Split, open_images
-from featcache.finetune import FinetuneSettings, finetune
-from featcache.scratch import scratch, scratch_settings
-from featcache.training import TrainOptions
+from featcache.finetune import finetune
+from featcache.scratch import scratch
+from featcache.settings import FinetuneSettings, TrainOptions, scratch_settings
 
 
 def cifar_subset(folder: Path, train_per_class: int, test_per_class: int) -> Dataset:

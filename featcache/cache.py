@@ -1,10 +1,12 @@
 """The HDF5 feature cache: one file per extraction, named by a content key.
 
-A finished extraction is one file ``<features>/<stem>.h5``::
+A finished extraction is one file ``<features>/<stem>.h5``, named by :func:`cache_stem` after
+the content key of :func:`cache_key`::
 
-    attrs   format="featcache-features/1", key, complete=True,
+    attrs   format="featcache-features/2", key, complete=True,
             provenance (JSON: dataset, backbone, weights hash, sizes, versions, seconds, skipped files)
-    /<split>/features            float32 or float16, (rows, width), chunked by rows
+    /<split>/features            float32 or float16, (rows, width), chunked by rows, each chunk
+                                 with a Fletcher-32 checksum that every read verifies (new in /2)
     /<split>/labels/<label set>  int64, (rows,)
     /classes/<label set>         class names, indexed by label
 
@@ -22,20 +24,47 @@ copying. The reader below only relies on ``/<split>/features`` being an array, v
 """
 
 import fcntl
+import hashlib
 import json
-import os
+import re
 import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from featcache import paths
+from featcache import formats, paths
 from featcache.errors import FeatcacheError
+from featcache.files import atomic_path, write_atomically
 
-FORMAT = "featcache-features/1"
+FORMAT_NAME, FORMAT_VERSION = "featcache-features", 2
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+KEY_VERSION = 1  # bump when the same key inputs start giving different features
 CHUNK_ROWS = 1024  # rows per HDF5 chunk and per resumable .npy chunk
 SPLIT_ORDER = ["train", "test", "all"]  # the splits a dataset loader makes, in display order
+
+
+def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str) -> str:
+    """A hash of every input that decides the features: change any of them and the key changes."""
+    inputs = {
+        "format": f"{FORMAT_NAME}/{KEY_VERSION}",
+        "dataset": dataset_fingerprint,
+        "backbone": spec.name,
+        "options": list(spec.options),
+        "input_size": spec.input_size,
+        "pooling": spec.pooling,
+        "weights": weights_hash or f"random-seed-{spec.seed}",
+        "preprocessing": f"{spec.backbone.module}.preprocess_input",
+        "resize": "bilinear",
+        "dtype": dtype,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def cache_stem(dataset_name: str, spec, key: str) -> str:
+    """The file name (without suffix): readable parts, then the start of the key."""
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", dataset_name)
+    return f"{safe_name}-{spec.name}-{spec.input_size}-{spec.pooling}-{key[:12]}"
 
 
 class FeatureCache:
@@ -49,7 +78,8 @@ class FeatureCache:
             raise FeatcacheError(f"no cache file {self.path}: list caches with `featcache cache ls`")
         try:
             with h5py.File(self.path, "r") as f:
-                if f.attrs.get("format") != FORMAT or not f.attrs.get("complete"):
+                self.version = formats.check_version(f.attrs.get("format"), FORMAT_NAME, FORMAT_VERSION, self.path)
+                if not f.attrs.get("complete"):
                     raise FeatcacheError(f"{self.path} is not a complete featcache file: extract it again")
                 self.key = str(f.attrs["key"])
                 self.provenance = json.loads(f.attrs["provenance"])
@@ -70,7 +100,11 @@ class FeatureCache:
         with h5py.File(self.path, "r") as f:
             dataset = f[split]["features"]
             out = np.empty(dataset.shape, dtype=dataset.dtype)
-            dataset.read_direct(out)
+            try:
+                dataset.read_direct(out)
+            except OSError as exc:  # a chunk whose Fletcher-32 checksum does not match its bytes
+                raise FeatcacheError(f"the {split} features in {self.path} are damaged ({exc}): "
+                                     "extract them again with --force") from None
             return out
 
     def labels(self, split: str, label_set: str) -> np.ndarray:
@@ -152,7 +186,7 @@ class PartialExtraction:
             shutil.rmtree(self.folder)  # a stem collision with other inputs: never mix their chunks
         self.folder.mkdir(parents=True, exist_ok=True)
         if not manifest_file.is_file():
-            _write_atomically(manifest_file, json.dumps(manifest, indent=2).encode())
+            write_atomically(manifest_file, json.dumps(manifest, indent=2).encode())
 
     def chunk_file(self, split: str, index: int) -> Path:
         return self.folder / f"{split}-{index:06d}.npy"
@@ -165,10 +199,8 @@ class PartialExtraction:
         return min(index * CHUNK_ROWS, total_rows)
 
     def write_chunk(self, split: str, index: int, features: np.ndarray):
-        tmp = self.chunk_file(split, index).with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(self.chunk_file(split, index)) as tmp, open(tmp, "wb") as f:
             np.save(f, features)
-        os.replace(tmp, self.chunk_file(split, index))
 
     def read_split(self, split: str, total_rows: int):
         for index in range(-(-total_rows // CHUNK_ROWS)):
@@ -184,8 +216,7 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
 
     ``splits`` maps split -> {"rows": n, "width": d, "labels": {label set: array}}.
     """
-    tmp = path.with_suffix(".h5.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["key"] = partial.manifest["key"]
         f.attrs["provenance"] = json.dumps(provenance)
@@ -193,7 +224,7 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
             group = f.create_group(split)
             features = group.create_dataset(
                 "features", shape=(info["rows"], info["width"]), dtype=dtype,
-                chunks=(min(CHUNK_ROWS, info["rows"]), info["width"]),
+                chunks=(min(CHUNK_ROWS, info["rows"]), info["width"]), fletcher32=True,
             )
             features.attrs["rows"] = [0, info["rows"]]
             row = 0
@@ -205,13 +236,6 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
         for label_set, names in class_names.items():
             f.create_dataset(f"classes/{label_set}", data=np.array([n.encode() for n in names]))
         f.attrs["complete"] = True
-    os.replace(tmp, path)
-
-
-def _write_atomically(path: Path, data: bytes):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --- cache ls / info / verify / rm ------------------------------------------------------------
@@ -271,6 +295,11 @@ def select(root=None, ref=None, backbone=None, dataset=None) -> Path:
         wanted = " and ".join(f"{k} {v}" for k, v in (("backbone", backbone), ("dataset", dataset)) if v)
         raise FeatcacheError(f"no complete cache{' of ' + wanted if wanted else ''}: run `featcache extract` first")
     return matches[0]
+
+
+def open_cache(ref=None, root=None, backbone=None, dataset=None) -> FeatureCache:
+    """A finished cache by path, name prefix or key prefix; without ``ref`` the newest matching the filters."""
+    return FeatureCache(select(root, ref, backbone, dataset))
 
 
 def verify(path) -> list[str]:

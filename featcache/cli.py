@@ -1,5 +1,12 @@
-"""The `featcache` command line: parses options and calls the library, nothing more."""
+"""The `featcache` command line: maps flags to library parameters and calls the library, nothing more.
 
+Option names are the library's parameter names (``--batch-size`` is ``batch_size``), so a library
+error about a parameter is shown with the flag the user typed; choices and defaults are read from
+the library's own constants. Nothing heavy is imported until a command needs it.
+"""
+
+import dataclasses
+import inspect
 import os
 import sys
 
@@ -7,21 +14,121 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is impor
 
 import click
 
-from featcache.errors import FeatcacheError
+from featcache._version import __version__
+from featcache.backbones import POOLINGS
+from featcache.errors import FeatcacheError, ParameterError
+from featcache.extract import DTYPES, extract as extract_features
+from featcache.settings import FinetuneSettings, TrainOptions
 
 
-class Group(click.Group):
-    """Turns FeatcacheError into a one-line message and exit status 2, instead of a traceback."""
+def default(owner, name: str):
+    """The library's default for ``name``: a function's keyword default or a dataclass field's default."""
+    if dataclasses.is_dataclass(owner):
+        return {f.name: f.default for f in dataclasses.fields(owner)}[name]
+    return inspect.signature(owner).parameters[name].default
+
+
+class Command(click.Command):
+    """Shows a library ParameterError with the flag of the option that carries that parameter."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except FeatcacheError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+        except ParameterError as error:
+            option = next((p for p in self.params if p.name == error.parameter and p.opts), None)
+            if option is None:
+                raise
+            raise FeatcacheError(error.describe(f"{option.opts[0]} {error.value}")) from None
+
+
+class Group(click.Group):
+    """Ends every failure in one ``error: ...`` line on stderr and a non-zero exit, never a traceback."""
+
+    command_class = Command
+    group_class = type  # sub-groups are Groups too
+
+    def main(self, args=None, prog_name=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra) or 0
+        except click.UsageError as error:
+            if error.ctx is not None:
+                click.echo(error.ctx.get_usage(), err=True)
+            click.echo(f"error: {error.format_message()}", err=True)
+            code = error.exit_code
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            code = error.exit_code
+        except FeatcacheError as error:
+            click.echo(f"error: {error}", err=True)
+            code = 2
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("error: interrupted; rerun the same command to resume", err=True)
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _value(text: str):
+    """A command-line value as Python: numbers, true/false and none are converted, the rest stays text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _pairs(items):
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key or not text:
+            raise click.BadParameter(f"{item!r} must look like NAME=VALUE")
+        yield key, text
+
+
+def key_values(ctx, param, items) -> dict:
+    """Click callback: ('C=0.1', 'kernel=rbf') -> {'C': 0.1, 'kernel': 'rbf'}."""
+    return {key: _value(text) for key, text in _pairs(items)}
+
+
+def key_lists(ctx, param, items) -> dict:
+    """Click callback: ('C=0.01,0.1,1',) -> {'C': [0.01, 0.1, 1]}."""
+    return {key: [_value(v) for v in text.split(",")] for key, text in _pairs(items)}
+
+
+def backbone_options(command):
+    """The options every command that builds a backbone shares, named as make_spec's parameters."""
+    options = [
+        click.option("--weights", default="imagenet", show_default=True,
+                     help="imagenet, none (random), or a weights file."),
+        click.option("--input-size", type=click.IntRange(1), help="Square input size in pixels (default: the backbone's)."),
+        click.option("--pooling", type=click.Choice(POOLINGS), default="avg", show_default=True),
+        click.option("--alpha", type=click.FloatRange(0, min_open=True),
+                     help="Width multiplier of mobilenet / mobilenetv2 (same as --backbone-option alpha=A)."),
+        click.option("--backbone-option", "backbone_option", multiple=True, metavar="KEY=VALUE",
+                     callback=lambda ctx, param, items: dict(_pairs(items)),
+                     help="A constructor option of the backbone (repeatable); `featcache backbones` lists them."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option):
+    from featcache.backbones import make_spec
+
+    options = {**backbone_option, **({"alpha": alpha} if alpha is not None else {})}
+    return make_spec(backbone, input_size, pooling, weights, options or None)
 
 
 @click.group(cls=Group)
+@click.version_option(__version__, prog_name="featcache", message="%(prog)s %(version)s")
 @click.option("--cache-dir", envvar="FEATCACHE_CACHE", type=click.Path(file_okay=False),
               help="Cache root (default ./cache, or $FEATCACHE_CACHE).")
 @click.pass_context
@@ -35,24 +142,21 @@ def main(ctx, cache_dir):
               help="cifar10, cifar100, tiny-imagenet, digits, folder:PATH or synthetic[:n=..,classes=..].")
 @click.option("--data-dir", type=click.Path(exists=True), help="Local copy of the dataset (CIFAR python format, tiny-imagenet-200).")
 @click.option("--backbone", default="mobilenetv2", show_default=True, help="A name from `featcache backbones`.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none (random), or a weights file.")
-@click.option("--input-size", type=int, help="Square input size in pixels (default: the backbone's).")
-@click.option("--pooling", type=click.Choice(["avg", "max"]), default="avg", show_default=True)
-@click.option("--alpha", type=float, help="Width multiplier of mobilenet / mobilenetv2.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@backbone_options
+@click.option("--batch-size", type=int, default=default(extract_features, "batch_size"), show_default=True,
+              help="Images per forward pass.")
+@click.option("--dtype", type=click.Choice(DTYPES), default=DTYPES[0], show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded (they are listed).")
 @click.option("--force", is_flag=True, help="Extract again even if the features are cached.")
 @click.pass_obj
-def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alpha, batch_size, dtype, skip_bad, force):
+def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alpha, backbone_option, batch_size, dtype,
+            skip_bad, force):
     """Run a backbone once over a dataset and cache its pooled features."""
-    from featcache.backbones import make_spec
     from featcache.datasets import load_dataset
-    from featcache.extract import extract as run_extract
 
-    spec = make_spec(backbone, input_size, pooling, weights, {"alpha": alpha} if alpha is not None else None)
+    spec = make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option)
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
-    result = run_extract(data, spec, obj["root"], batch_size=batch_size, dtype=dtype, force=force)
+    result = extract_features(data, spec, obj["root"], batch_size=batch_size, dtype=dtype, force=force)
     shapes = ", ".join(f"{split} {n:,} x {result.width}" for split, n in result.rows.items())
     if result.cached:
         click.echo(f"features are cached: {result.path} ({shapes}); --force extracts again")
@@ -77,7 +181,7 @@ def backbones():
         click.echo(f"{b.name:<16}{b.default_size:>6}{b.min_size:>6}{b.feature_width:>7}  {options}")
 
 
-@main.group(cls=Group)
+@main.group()
 def cache():
     """List, inspect, verify and remove cached features."""
 
@@ -152,26 +256,25 @@ def cache_rm(obj, refs):
 @click.option("--cache", "cache_ref", help="Cache file or a prefix of its name (default: the most recent).")
 @click.option("--backbone", help="Use the most recent cache of this backbone.")
 @click.option("--dataset", help="Use the most recent cache of this dataset.")
-@click.option("--param", "param_items", multiple=True, metavar="NAME=VALUE", help="Head parameter (repeatable).")
-@click.option("--grid", "grid_items", multiple=True, metavar="NAME=V1,V2",
+@click.option("--param", "params", multiple=True, metavar="NAME=VALUE", callback=key_values,
+              help="Head parameter (repeatable).")
+@click.option("--grid", multiple=True, metavar="NAME=V1,V2", callback=key_lists,
               help="Values to choose from by inner CV on each training fold (repeatable).")
 @click.option("--test", is_flag=True, help="Also score the head refitted on all training data on the test split.")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel.")
 @click.pass_obj
-def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, param_items, grid_items, test, jobs):
+def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, params, grid, test, jobs):
     """Fit heads on cached features with stratified k-fold cross-validation."""
     from featcache import heads
     from featcache.cache import FeatureCache, select
-    from featcache.cv import fit_heads, load_features, parse_grid, parse_params
+    from featcache.cv import fit_heads, load_features
 
     names = heads.available_heads() if head_names == "all" else [h.strip() for h in head_names.split(",")]
-    for name in names:
-        heads.get_head_class(name)
+    estimators = {name: heads.make_head(name, **params) for name in names}
     found = FeatureCache(select(obj["root"], cache_ref, backbone, dataset))
     click.echo(f"features: {found.path.name} ({', '.join(f'{s} {n:,}' for s, n in found.rows.items())})")
     features = load_features(found, label_set)
-    saved = fit_heads(names, features, parse_params(param_items), parse_grid(grid_items), folds, seed, test,
-                      jobs, obj["root"])
+    saved = fit_heads(estimators, features, grid, folds, seed, test, jobs, obj["root"])
     _print_results(saved)
 
 
@@ -199,12 +302,13 @@ def _training_options(command):
         click.option("--data-dir", type=click.Path(exists=True), help="Local copy of the dataset."),
         click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded."),
         click.option("--label", "label_set", help="Label set, e.g. fine or coarse (default: the dataset's first)."),
-        click.option("--folds", type=int, default=0, show_default=True,
+        click.option("--folds", type=int, default=default(TrainOptions, "folds"), show_default=True,
                      help="k-fold CV before the final model (0: none; the test split scores it)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Folds, shuffling, initialisation."),
-        click.option("--val-split", type=float, default=0.1, show_default=True,
+        click.option("--seed", type=int, default=default(TrainOptions, "seed"), show_default=True,
+                     help="Folds, shuffling, initialisation."),
+        click.option("--val-split", type=float, default=default(TrainOptions, "val_split"), show_default=True,
                      help="Share of training images held out for early stopping (0: none)."),
-        click.option("--patience", type=int, default=3, show_default=True,
+        click.option("--patience", type=int, default=default(TrainOptions, "patience"), show_default=True,
                      help="Epochs without a lower validation loss before a phase stops (0: never)."),
         click.option("--resume", is_flag=True, help="Continue the newest unfinished run with the same settings."),
     ]
@@ -215,34 +319,37 @@ def _training_options(command):
 
 @main.command()
 @click.option("--backbone", required=True, help="A name from `featcache backbones`.")
-@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none (random), or a weights file.")
-@click.option("--input-size", type=int, help="Square input size in pixels (default: the backbone's).")
-@click.option("--pooling", type=click.Choice(["avg", "max"]), default="avg", show_default=True)
-@click.option("--alpha", type=float, help="Width multiplier of mobilenet / mobilenetv2.")
-@click.option("--unfreeze", type=int, default=1, show_default=True, help="Top blocks trained in phase 2 (0: no phase 2).")
-@click.option("--epochs", type=int, default=5, show_default=True, help="Phase 1: the new head on the frozen backbone.")
-@click.option("--finetune-epochs", type=int, default=5, show_default=True, help="Phase 2: the head and the top blocks.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of phase 1.")
-@click.option("--finetune-lr", type=float, default=1e-5, show_default=True, help="Adam learning rate of phase 2.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--no-augment", is_flag=True, help="No random flips, shifts, rotations and zooms.")
+@backbone_options
+@click.option("--unfreeze", type=int, default=default(FinetuneSettings, "unfreeze"), show_default=True,
+              help="Top blocks trained in phase 2 (0: no phase 2).")
+@click.option("--epochs", type=int, default=default(FinetuneSettings, "epochs"), show_default=True,
+              help="Phase 1: the new head on the frozen backbone.")
+@click.option("--finetune-epochs", type=int, default=default(FinetuneSettings, "finetune_epochs"), show_default=True,
+              help="Phase 2: the head and the top blocks.")
+@click.option("--lr", "learning_rate", type=float, default=default(FinetuneSettings, "learning_rate"),
+              show_default=True, help="Adam learning rate of phase 1.")
+@click.option("--finetune-lr", "finetune_learning_rate", type=float,
+              default=default(FinetuneSettings, "finetune_learning_rate"), show_default=True,
+              help="Adam learning rate of phase 2.")
+@click.option("--batch-size", type=int, default=default(FinetuneSettings, "batch_size"), show_default=True)
+@click.option("--augment/--no-augment", default=default(FinetuneSettings, "augment"), show_default=True,
+              help="Random flips, shifts, rotations and zooms.")
 @click.option("--init-head", "init_head_ref",
               help="Start phase 1 from this mlp head record, fitted on this backbone's cached features.")
 @_training_options
 @click.pass_obj
-def finetune(obj, backbone, weights, input_size, pooling, alpha, unfreeze, epochs, finetune_epochs, lr, finetune_lr,
-             batch_size, no_augment, init_head_ref, dataset, data_dir, skip_bad, label_set, folds, seed, val_split,
-             patience, resume):
+def finetune(obj, backbone, weights, input_size, pooling, alpha, backbone_option, unfreeze, epochs, finetune_epochs,
+             learning_rate, finetune_learning_rate, batch_size, augment, init_head_ref, dataset, data_dir, skip_bad,
+             label_set, folds, seed, val_split, patience, resume):
     """Fine-tune a pretrained backbone in two phases: a new head, then the top blocks."""
-    from featcache.backbones import make_spec
     from featcache.datasets import load_dataset
-    from featcache.finetune import FinetuneSettings, finetune as run_finetune
+    from featcache.finetune import finetune as run_finetune
     from featcache.records import load_record
-    from featcache.training import TrainOptions
 
-    spec = make_spec(backbone, input_size, pooling, weights, {"alpha": alpha} if alpha is not None else None)
-    settings = FinetuneSettings(epochs=epochs, finetune_epochs=finetune_epochs, unfreeze=unfreeze, learning_rate=lr,
-                                finetune_learning_rate=finetune_lr, batch_size=batch_size, augment=not no_augment)
+    spec = make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option)
+    settings = FinetuneSettings(epochs=epochs, finetune_epochs=finetune_epochs, unfreeze=unfreeze,
+                                learning_rate=learning_rate, finetune_learning_rate=finetune_learning_rate,
+                                batch_size=batch_size, augment=augment)
     init_head = load_record(init_head_ref, obj["root"]) if init_head_ref else None
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
     record = run_finetune(data, spec, settings, label_set, TrainOptions(folds, seed, val_split, patience),
@@ -257,21 +364,21 @@ def finetune(obj, backbone, weights, input_size, pooling, alpha, unfreeze, epoch
 @click.option("--dropout", type=float, help="basic-cnn: after each block [0.25]; wrn: inside each block [0].")
 @click.option("--epochs", type=int, help="[default: basic-cnn 50, wrn 200]")
 @click.option("--batch-size", type=int, help="[default: basic-cnn 32, wrn 128]")
-@click.option("--lr", type=float, help="basic-cnn: Adam [1e-3]; wrn: SGD's initial rate [0.1].")
+@click.option("--lr", "learning_rate", type=float, help="basic-cnn: Adam [1e-3]; wrn: SGD's initial rate [0.1].")
 @click.option("--input-size", type=int, help="Square input size in pixels (default: the dataset's own).")
-@click.option("--no-augment", is_flag=True, help="No random flips and shifts.")
+@click.option("--augment/--no-augment", default=None, help="Random flips and shifts  [default: augment]")
 @_training_options
 @click.pass_obj
-def scratch(obj, model, depth, width, dropout, epochs, batch_size, lr, input_size, no_augment, dataset, data_dir,
-            skip_bad, label_set, folds, seed, val_split, patience, resume):
+def scratch(obj, model, depth, width, dropout, epochs, batch_size, learning_rate, input_size, augment, dataset,
+            data_dir, skip_bad, label_set, folds, seed, val_split, patience, resume):
     """Train basic-cnn or a Wide ResNet from random weights at the dataset's resolution."""
     from featcache.datasets import load_dataset
-    from featcache.scratch import scratch as run_scratch, scratch_settings
-    from featcache.training import TrainOptions
+    from featcache.scratch import scratch as run_scratch
+    from featcache.settings import scratch_settings
 
     settings = scratch_settings(model, depth=depth, width=width, dropout=dropout, epochs=epochs,
-                                batch_size=batch_size, learning_rate=lr, input_size=input_size,
-                                augment=False if no_augment else None)
+                                batch_size=batch_size, learning_rate=learning_rate, input_size=input_size,
+                                augment=augment)
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
     record = run_scratch(data, settings, label_set, TrainOptions(folds, seed, val_split, patience), obj["root"],
                          resume)
@@ -288,7 +395,7 @@ def list_heads():
         click.echo(f"{name:<10}" + ", ".join(f"{k}={v}" for k, v in defaults.items()))
 
 
-@main.group(cls=Group)
+@main.group()
 def results():
     """List result records."""
 
@@ -297,13 +404,15 @@ def results():
 @click.pass_obj
 def results_ls(obj):
     """List result records, oldest first."""
-    from featcache.records import list_records
+    from featcache.records import scan_records
 
-    saved = list_records(obj["root"])
-    if not saved:
+    saved, unreadable = scan_records(obj["root"])
+    if saved:
+        _print_results(saved)
+    elif not unreadable:
         click.echo("no result records: run `featcache fit`")
-        return
-    _print_results(saved)
+    for path, problem in unreadable:
+        click.echo(f"unreadable, skipped: {path}: {problem}")
 
 
 @main.command()

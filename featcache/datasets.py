@@ -18,6 +18,7 @@ import pickle
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -94,8 +95,9 @@ class Dataset:
     def label_sets(self) -> list[str]:
         return list(self.class_names)
 
+    @cached_property
     def fingerprint(self) -> str:
-        """A hash of the images, labels and class names (not of the name or where it lives)."""
+        """A hash of the images, labels and class names (not of the name or where it lives), computed once."""
         digest = hashlib.blake2b(digest_size=16)
         for split_name, split in sorted(self.splits.items()):
             digest.update(split_name.encode())

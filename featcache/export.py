@@ -17,13 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache import records
-from featcache.backbones import BackboneSpec, build_feature_model, file_sha256
+from featcache import formats, heads, records
+from featcache.backbones import BackboneSpec, build_feature_model
 from featcache.errors import FeatcacheError
-from featcache.predict import feature_spec, full_probabilities, load_head
+from featcache.files import file_sha256, write_json
+from featcache.predict import feature_spec, load_head, probabilities
 
 MANIFEST = "manifest.json"
-FORMAT = "featcache-export/1"
+FORMAT_NAME, FORMAT_VERSION = "featcache-export", 1
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 
 
 def affine_preprocessing(spec: BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +92,7 @@ def export(record: dict, out_dir: Path) -> Path:
         "sha256": {name: file_sha256(out_dir / name) for name in files.values()},
         "versions": records.library_versions(),
     }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_json(out_dir / MANIFEST, manifest)
     return out_dir
 
 
@@ -108,10 +110,12 @@ class ExportedModel:
         if not manifest_file.is_file():
             raise FeatcacheError(f"{self.folder} is not an exported featcache model (no {MANIFEST})")
         self.manifest = json.loads(manifest_file.read_text())
+        formats.check_version(self.manifest.get("format"), FORMAT_NAME, FORMAT_VERSION, manifest_file)
         for name, digest in self.manifest["sha256"].items():
             if file_sha256(self.folder / name) != digest:
                 raise FeatcacheError(f"{self.folder / name} changed since it was exported: export it again")
         self.class_names = self.manifest["class_names"]
+        self.classes_ = np.array(self.class_names)  # as in scikit-learn: predict returns these
         files = self.manifest["files"]
         if "model" in files:
             self._model, self._head = keras.saving.load_model(self.folder / files["model"]), None
@@ -126,14 +130,14 @@ class ExportedModel:
         return np.concatenate(rows) if rows else np.zeros((0, len(self.class_names)))
 
     def predict(self, images) -> np.ndarray:
-        """The most probable class index of each image (names: ``class_names[i]``)."""
-        return np.argmax(self.predict_proba(images), axis=1)
+        """The most probable class name of each image (``classes_[argmax(predict_proba)]``)."""
+        return self.classes_[np.argmax(self.predict_proba(images), axis=1)]
 
     def _probabilities(self, batch: np.ndarray) -> np.ndarray:
         out = self._model.predict_on_batch(batch)
         if self._head is None:
             return np.asarray(out, dtype=np.float64)
-        return full_probabilities(self._head, np.asarray(out), len(self.class_names))
+        return probabilities(self._head, np.asarray(out), len(self.class_names))
 
 
 def load_model(folder) -> ExportedModel:

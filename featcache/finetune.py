@@ -16,16 +16,17 @@ is reused.
 """
 
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import keras
 
+from featcache import records
 from featcache.backbones import BackboneSpec, build_feature_model, weights_sha256
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError
-from featcache.training import (Phase, TrainOptions, augmentation, check_at_least, check_positive, compile_model,
-                                precision_policy, train_and_evaluate)
+from featcache.settings import FinetuneSettings, TrainOptions
+from featcache.training import Phase, augmentation, compile_model, precision_policy, train_and_evaluate
 
 # backbone -> regular expressions matching the name of the first layer of each block, bottom to top.
 # Backbones not listed fall back to "every layer with weights is a block".
@@ -40,26 +41,6 @@ BLOCKS = {
     "densenet121": [rf"conv{stage}_" for stage in range(2, 6)],
     "efficientnetb0": [rf"block{stage}a_" for stage in range(1, 8)],
 }
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    epochs: int = 5  # phase 1: the head on the frozen backbone
-    finetune_epochs: int = 5  # phase 2: the head and the top blocks
-    unfreeze: int = 1  # blocks trained in phase 2 (0: no phase 2)
-    learning_rate: float = 1e-3  # Adam, phase 1
-    finetune_learning_rate: float = 1e-5  # Adam, phase 2
-    dropout: float = 0.2  # before the softmax layer of a new head
-    batch_size: int = 32
-    augment: bool = True  # random flip, shift, rotation and zoom
-    init_head: str | None = None  # a fitted Keras head file phase 1 starts from (see init_head_file)
-
-    def check(self) -> None:
-        check_at_least(1, epochs=self.epochs, batch_size=self.batch_size)
-        check_at_least(0, finetune_epochs=self.finetune_epochs, unfreeze=self.unfreeze)
-        check_positive(lr=self.learning_rate, finetune_lr=self.finetune_learning_rate)
-        if not 0 <= self.dropout < 1:
-            raise FeatcacheError(f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 def block_starts(backbone_name: str, layers) -> list[int]:
@@ -101,19 +82,19 @@ def init_head_file(record: dict, spec: BackboneSpec, dataset_fingerprint: str, l
     """The saved Keras head of ``record``, checked to be fitted on ``spec``'s features of the same labels."""
     model_file = record.get("model_file") or ""
     if record["kind"] != "head" or not model_file.endswith(".keras"):
-        raise FeatcacheError(f"--init-head: record {record['id']} ({record['approach']}) has no saved Keras head: "
+        raise FeatcacheError(f"init_head: record {record['id']} ({record['approach']}) has no saved Keras head: "
                              "give the record of an mlp head")
     features = record["features"]
-    wanted = {"backbone": spec.name, "backbone_args": dict(spec.options), "weights_sha256": weights_sha256(spec),
-              "seed": spec.seed, "input_size": spec.input_size, "pooling": spec.pooling}
-    differences = [f"{key} {features.get(key)} vs {value}" for key, value in wanted.items()
-                   if features.get(key) != value]
+    fitted_on = {**features["backbone"], "weights_sha256": features["weights_sha256"]}
+    wanted = {**spec.to_record(), "weights_sha256": weights_sha256(spec)}
+    differences = [f"{key} {fitted_on.get(key)} vs {value}" for key, value in wanted.items()
+                   if key != "weights" and fitted_on.get(key) != value]  # the same weights may lie elsewhere
     if differences:
-        raise FeatcacheError(f"--init-head: record {record['id']} was fitted on other features than "
+        raise FeatcacheError(f"init_head: record {record['id']} was fitted on other features than "
                              f"these ({'; '.join(differences)})")
     dataset = record["dataset"]
     if (dataset["fingerprint"], dataset["label_set"]) != (dataset_fingerprint, label_set):
-        raise FeatcacheError(f"--init-head: record {record['id']} was fitted on {dataset['name']} "
+        raise FeatcacheError(f"init_head: record {record['id']} was fitted on {dataset['name']} "
                              f"({dataset['label_set']} labels), not on this dataset's {label_set} labels")
     return Path(record["_folder"]) / model_file
 
@@ -121,7 +102,7 @@ def init_head_file(record: dict, spec: BackboneSpec, dataset_fingerprint: str, l
 def fitted_head(path: str, n_classes: int):
     head = keras.saving.load_model(path)
     if head.output_shape[-1] != n_classes:
-        raise FeatcacheError(f"--init-head: the head in {path} has {head.output_shape[-1]} outputs, "
+        raise FeatcacheError(f"init_head: the head in {path} has {head.output_shape[-1]} outputs, "
                              f"not {n_classes} classes")
     return head
 
@@ -138,14 +119,13 @@ class FinetuneRecipe:
         self.batch_size = settings.batch_size
         self.settings = {key: value for key, value in asdict(settings).items() if key != "batch_size"}
         start = ", from a fitted head" if settings.init_head else ""
-        self.approach = f"finetune {spec.name}-{spec.input_size}-{spec.pooling} (unfreeze {settings.unfreeze}{start})"
+        self.approach = (f"finetune {records.backbone_label(spec.to_record())} "
+                         f"(unfreeze {settings.unfreeze}{start})")
         self.provenance = {
-            "backbone": spec.name,
-            "backbone_args": dict(spec.options),
-            "weights": spec.weights,
+            "backbone": spec.to_record(),
+            "architecture": None,
             "weights_sha256": weights_sha256(spec),
             "input_size": spec.input_size,
-            "pooling": spec.pooling,
             "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
         }
 
@@ -200,7 +180,7 @@ def finetune(dataset: Dataset, spec: BackboneSpec, settings: FinetuneSettings = 
         unfreeze_top_blocks(build_feature_model(replace(spec, weights="none")), spec.name, settings.unfreeze)
     if init_head is not None:
         label_set = label_set or dataset.label_sets[0]
-        path = init_head_file(init_head, spec, dataset.fingerprint(), label_set)
+        path = init_head_file(init_head, spec, dataset.fingerprint, label_set)
         settings = replace(settings, init_head=str(path))
     return train_and_evaluate(FinetuneRecipe(spec, settings), dataset, label_set, options, root, resume,
                               progress, callbacks)

@@ -2,8 +2,8 @@
 
 The feature pipeline is rebuilt from the record's provenance (backbone, weights, input size,
 pooling, preprocessing), never re-typed by the user, and refused when the weights file no longer
-matches the hash the record was made with. Images stream through the same tf.data pipeline as
-extraction, so a folder of 100,000 images is classified in flat memory.
+matches the hash the record was made with. Images stream through the same image pipeline as
+extraction (:mod:`featcache.images`), so a folder of 100,000 images is classified in flat memory.
 """
 
 import csv
@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache import records
-from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, make_spec, weights_sha256
+from featcache import heads, records
+from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
 from featcache.datasets import IMAGE_SUFFIXES, open_images
 from featcache.errors import FeatcacheError
+from featcache.evaluation import class_scores
+from featcache.images import feature_batches, image_batches
 
 TRAINED_KINDS = ("finetune", "scratch")  # records whose saved model takes images, not features
 
@@ -48,8 +50,7 @@ def feature_spec(record: dict) -> BackboneSpec:
     features = record.get("features")
     if not features:
         raise FeatcacheError(f"record {record['id']} has no feature pipeline (it is a {record['kind']} model)")
-    spec = make_spec(features["backbone"], features["input_size"], features["pooling"], features["weights"],
-                     features["backbone_args"] or None, features.get("seed", 0))
+    spec = BackboneSpec.from_record(features["backbone"])
     recorded, current = features["weights_sha256"], weights_sha256(spec)
     if spec.weights == "imagenet" and current is None:
         return spec  # not downloaded yet: Keras' loader fetches the file, checked again in load_pipeline
@@ -127,14 +128,12 @@ def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad
 
 def head_on_features(record: dict, batch_size: int, n_classes: int):
     """(images -> preprocessed batches, batch -> probabilities) of a head on the record's backbone features."""
-    from featcache.extract import batch_pipeline
-
     spec, head = feature_spec(record), load_head(record)
     model = build_feature_model(spec)
     if record["features"]["weights_sha256"] != weights_sha256(spec):
         raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
-    return (lambda images: batch_pipeline(images, 0, len(images), batch_size, spec),
-            lambda batch: full_probabilities(head, model(batch, training=False).numpy(), n_classes))
+    return (lambda images: feature_batches(images, 0, len(images), batch_size, spec),
+            lambda batch: probabilities(head, model(batch, training=False).numpy(), n_classes))
 
 
 def trained_model(record: dict, batch_size: int):
@@ -142,22 +141,21 @@ def trained_model(record: dict, batch_size: int):
     the backbone's preprocessing (finetune) or none (scratch models standardise their input themselves)."""
     import keras
 
-    from featcache.extract import image_batches
-
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: train it again")
     model = keras.saving.load_model(Path(record["_folder"]) / record["model_file"])
     provenance = record["model"]
-    transform = get_backbone(provenance["backbone"]).preprocess_input() if record["kind"] == "finetune" \
+    transform = get_backbone(provenance["backbone"]["name"]).preprocess_input() if provenance["backbone"] \
         else (lambda batch: batch)
     return (lambda images: image_batches(images, 0, len(images), batch_size, provenance["input_size"], transform),
             lambda batch: np.asarray(model(batch, training=False), dtype=np.float64))
 
 
-def full_probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray:
+def probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray:
     """The head's probabilities laid out over every class of the dataset (absent classes get 0)."""
-    out = np.zeros((len(features), n_classes))
-    out[:, head.classes_] = head.predict_proba(features)
+    out = class_scores(head, features, n_classes, "predict_proba")
+    if out is None:
+        raise FeatcacheError(f"the head {type(head).__name__} has no predict_proba: it cannot give probabilities")
     return out
 
 

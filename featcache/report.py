@@ -15,8 +15,9 @@ from pathlib import Path
 
 from featcache import report_plots as plots
 from featcache.errors import FeatcacheError
+from featcache.records import pipeline
 from featcache.report_tables import (Entry, confusion_table, dataset_table, environment_table, features_table,
-                                     fold_table, paired_table, provenance, rank, summary_table)
+                                     fold_table, paired_table, rank, summary_table)
 from featcache.stats import most_confused
 
 DEFAULT_TITLE = "featcache comparison report"
@@ -100,7 +101,7 @@ def _filter_values(record: dict) -> dict[str, set]:
     dataset = record["dataset"]
     return {
         "dataset": {dataset.get("name"), dataset.get("fingerprint")},
-        "backbone": {provenance(record).get("backbone")},
+        "backbone": {pipeline(record).get("backbone")},
         "label set": {dataset.get("label_set")},
     }
 

@@ -9,6 +9,7 @@ import html
 from collections import Counter
 from dataclasses import dataclass
 
+from featcache.records import pipeline
 from featcache.stats import Confusion, corrected_resampled_ttest
 
 MISSING = "—"
@@ -68,11 +69,6 @@ class Entry:
     @property
     def fold_accuracies(self) -> list[float]:
         return [fold["accuracy"] for fold in self.record["cv"].get("fold_metrics") or []]
-
-
-def provenance(record: dict) -> dict:
-    """Backbone provenance: ``features`` for heads; fine-tuned/scratch models keep it under ``model``."""
-    return record.get("features") or record.get("model") or {}
 
 
 def rank(records: list[dict]) -> list[Entry]:
@@ -166,9 +162,11 @@ def features_table(entries: list[Entry]) -> Table:
     headers = ["Approach", "Kind", "Backbone", "Weights", "Weights sha256", "Input size", "Pooling", "Cache key"]
     rows = []
     for e in entries:
-        p = provenance(e.record)
+        p = pipeline(e.record)
         sha = p.get("weights_sha256")
-        rows.append([e.label, e.record["kind"], _text(p.get("backbone")), _text(p.get("weights")),
+        options = ", ".join(f"{k}={v}" for k, v in sorted((p.get("options") or {}).items()))
+        backbone = f"{p['backbone']} ({options})" if options and p.get("backbone") else p.get("backbone")
+        rows.append([e.label, e.record["kind"], _text(backbone), _text(p.get("weights")),
                      sha[:12] if sha else MISSING, _text(p.get("input_size")), _text(p.get("pooling")),
                      _text(p.get("cache_key"))])
     return Table(headers, rows, "l" * len(headers))

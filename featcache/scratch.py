@@ -13,60 +13,21 @@ Both standardise each channel with the mean and variance of the training images 
 layer inside the model, so the saved model takes raw 0-255 pixels).
 """
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 
 import keras
 import numpy as np
 
 from featcache.datasets import Dataset
-from featcache.errors import FeatcacheError
-from featcache.training import (Phase, TrainOptions, augmentation, check_at_least, check_positive, compile_model,
-                                native_size, precision_policy, train_and_evaluate, train_split_name)
+from featcache.params import Interval, check
+from featcache.settings import ScratchSettings, TrainOptions
+from featcache.training import (Phase, augmentation, compile_model, native_size, precision_policy,
+                                train_and_evaluate, train_split_name)
 
 STATISTICS_SAMPLE = 2000  # training images the channel mean and variance are computed from
 DENSE_DROPOUT = 0.5  # basic-cnn, after Dense 512 (as in the Keras example)
 WRN_LR_STEPS = (0.3, 0.6, 0.8)  # fractions of the epochs where the WRN learning rate drops
 WRN_LR_FACTOR = 0.2
-
-
-@dataclass(frozen=True)
-class ScratchSettings:
-    model: str = "basic-cnn"  # basic-cnn or wrn
-    epochs: int = 50
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    dropout: float = 0.25  # basic-cnn: after each conv block; wrn: between a block's convolutions
-    depth: int = 28  # wrn only
-    width: int = 10  # wrn only
-    weight_decay: float = 5e-4  # wrn only
-    augment: bool = True
-    input_size: int | None = None  # None: the dataset's native size
-
-    def check(self) -> None:
-        if self.model not in ARCHITECTURES:
-            raise FeatcacheError(f"unknown model {self.model!r}: choose from {', '.join(ARCHITECTURES)}")
-        check_at_least(1, epochs=self.epochs, batch_size=self.batch_size, width=self.width)
-        check_positive(lr=self.learning_rate)
-        check_at_least(0, weight_decay=self.weight_decay)
-        if not 0 <= self.dropout < 1:
-            raise FeatcacheError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.model == "wrn" and (self.depth < 10 or (self.depth - 4) % 6):
-            raise FeatcacheError(f"--depth must be 6n+4 and at least 10 (e.g. 16, 22, 28, 40), got {self.depth}")
-
-
-MODEL_DEFAULTS = {
-    "basic-cnn": ScratchSettings(),
-    "wrn": ScratchSettings("wrn", epochs=200, learning_rate=0.1, batch_size=128, dropout=0.0),
-}
-
-
-def scratch_settings(model: str, **changes) -> ScratchSettings:
-    """``model``'s default settings with every change that is not None applied, checked."""
-    if model not in MODEL_DEFAULTS:
-        raise FeatcacheError(f"unknown model {model!r}: choose from {', '.join(MODEL_DEFAULTS)}")
-    settings = replace(MODEL_DEFAULTS[model], **{key: value for key, value in changes.items() if value is not None})
-    settings.check()
-    return settings
 
 
 def basic_cnn(x, n_classes: int, settings: ScratchSettings):
@@ -129,9 +90,7 @@ class ScratchRecipe:
 
     def __init__(self, settings: ScratchSettings, input_size: int):
         settings.check()
-        if input_size < MIN_SIZE[settings.model]:
-            raise FeatcacheError(f"{settings.model} needs images of at least {MIN_SIZE[settings.model]} pixels, "
-                                 f"got {input_size}: pass --input-size")
+        check("input_size", input_size, [Interval(int, MIN_SIZE[settings.model], None)], owner=settings.model)
         self.config = settings
         self.name = f"wrn-{settings.depth}-{settings.width}" if settings.model == "wrn" else settings.model
         self.input_size = input_size
@@ -140,9 +99,8 @@ class ScratchRecipe:
                          if key not in ("batch_size", "input_size")
                          and (settings.model == "wrn" or key not in ("depth", "width", "weight_decay"))}
         self.approach = f"scratch {self.name}-{input_size}"
-        self.provenance = {"backbone": self.name, "backbone_args": {}, "weights": "none", "weights_sha256": None,
-                           "input_size": input_size, "pooling": "avg" if settings.model == "wrn" else None,
-                           "preprocessing": "per-channel standardisation (training images)"}
+        self.provenance = {"backbone": None, "architecture": self.name, "weights_sha256": None,
+                           "input_size": input_size, "preprocessing": "per-channel standardisation (training images)"}
 
     def build(self, n_classes: int, images, rows):
         mean, variance = channel_statistics(images, rows)

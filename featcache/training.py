@@ -3,11 +3,11 @@
 A stage describes its model as a :class:`Recipe` (how to build it, its training phases, its input
 transform, its provenance); :func:`train_and_evaluate` then does the same for every stage:
 
-    folds (featcache.cv.fold_indices) -> one *unit* per fold, plus the final model on the whole training split
+    folds (featcache.evaluation.fold_indices) -> one *unit* per fold, plus the final model on the whole training split
     unit  -> a validation slice of its rows for early stopping, then each phase's model.fit, checkpointed every epoch
-    score -> featcache.cv.scores on each held-out fold and on the test split -> one result record
+    score -> featcache.evaluation.scores on each held-out fold and on the test split -> one result record
 
-Images stream batch by batch through the extraction pipeline (:func:`featcache.extract.image_batches`),
+Images stream batch by batch through the shared image pipeline (:func:`featcache.images.image_batches`),
 with the stage's augmentation running in ``tf.data`` before its preprocessing.
 
 A run lives in its record's folder; ``record.json`` is written last, so an unfinished run is never
@@ -20,7 +20,6 @@ listed as a result:
 """
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -33,10 +32,12 @@ import keras
 import numpy as np
 
 from featcache import paths, records
-from featcache.cv import fold_indices, scores, summarize
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError
-from featcache.extract import image_batches
+from featcache.evaluation import confusion, fold_indices, scores, summarize
+from featcache.files import write_json
+from featcache.images import image_batches
+from featcache.settings import TrainOptions
 
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
@@ -45,36 +46,6 @@ MODEL_FILE = "model.keras"
 
 
 # --- what a stage supplies --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How any stage is trained and evaluated, whatever its model."""
-
-    folds: int = 0  # 0: no cross-validation (the record's cv has no folds); else k-fold CV, then the final model
-    seed: int = 0  # folds, validation slice, shuffling, initialisation
-    val_split: float = 0.1  # share of each unit's training rows held out for early stopping; 0: none
-    patience: int = 3  # epochs without a lower validation loss before a phase stops; 0: never early
-
-    def check(self) -> None:
-        if self.folds < 0 or self.folds == 1:
-            raise FeatcacheError(f"--folds must be 0 (no cross-validation) or at least 2, got {self.folds}")
-        if not 0 <= self.val_split < 1:
-            raise FeatcacheError(f"--val-split must be in [0, 1), got {self.val_split}")
-        check_at_least(0, patience=self.patience)
-
-
-def check_at_least(minimum: int, **values) -> None:
-    """Raise a FeatcacheError naming the first option (``batch_size`` as --batch-size) below ``minimum``."""
-    for name, value in values.items():
-        if value < minimum:
-            raise FeatcacheError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
-
-
-def check_positive(**values) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise FeatcacheError(f"--{name.replace('_', '-')} must be above 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -137,7 +108,7 @@ def training_data(dataset: Dataset, label_set: str | None = None) -> TrainingDat
                              f"(it has {', '.join(dataset.label_sets)})")
     train_name = train_split_name(dataset)
     train, test = dataset.splits[train_name], dataset.splits.get("test") if train_name != "test" else None
-    return TrainingData(dataset, dataset.fingerprint(), label_set, train.images, train.labels[label_set],
+    return TrainingData(dataset, dataset.fingerprint, label_set, train.images, train.labels[label_set],
                         test and test.images, test and test.labels[label_set])
 
 
@@ -284,7 +255,7 @@ def save_checkpoint(model, folder: Path, state: UnitState) -> None:
     """
     previous, state.checkpoint = state.checkpoint, f"checkpoint-{state.phase}-{state.epoch}.keras"
     model.save(folder / state.checkpoint)
-    _write_json(folder / STATE_FILE, asdict(state))
+    write_json(folder / STATE_FILE, asdict(state))
     if previous and previous != state.checkpoint:
         (folder / previous).unlink(missing_ok=True)
 
@@ -396,8 +367,6 @@ def train_and_evaluate(recipe: Recipe, dataset: Dataset, label_set: str | None =
     ``resume`` continues the newest unfinished run with the same settings from its checkpoints.
     ``callbacks`` are extra Keras callbacks for every ``model.fit``.
     """
-    from sklearn.metrics import confusion_matrix
-
     options.check()
     data = training_data(dataset, label_set)
     if not options.folds and data.test_images is None:
@@ -420,10 +389,10 @@ def train_and_evaluate(recipe: Recipe, dataset: Dataset, label_set: str | None =
         everything = np.arange(len(data.test_labels))
         metrics, predicted = evaluate(model, recipe, data.test_images, data.test_labels, everything, n_classes)
         test = {**metrics, "fit_seconds": round(state.seconds, 3),
-                "confusion_matrix": confusion_matrix(data.test_labels, predicted, labels=np.arange(n_classes))}
+                "confusion_matrix": confusion(data.test_labels, predicted, n_classes)}
     cv = {"folds": options.folds, "seed": options.seed, "fold_metrics": fold_metrics,
           "summary": summarize(fold_metrics) if fold_metrics else {},
-          "confusion_matrix": confusion_matrix(data.labels, out_of_fold, labels=np.arange(n_classes))
+          "confusion_matrix": confusion(data.labels, out_of_fold, n_classes)
           if folds else None}
     model.save(folder / MODEL_FILE)
     record = _record(recipe, data, folder.name, options, cv, test, state.history)
@@ -453,7 +422,7 @@ def _run_folder(settings: dict, name: str, root, resume: bool) -> Path:
         return unfinished[-1]
     folder = records.record_folder(records.new_record_id(name), root)
     folder.mkdir(parents=True)
-    _write_json(folder / RUN_FILE, settings)
+    write_json(folder / RUN_FILE, settings)
     return folder
 
 
@@ -461,33 +430,11 @@ def _record(recipe: Recipe, data: TrainingData, record_id: str, options: TrainOp
             history: dict) -> dict:
     params = {**recipe.settings, "batch_size": recipe.batch_size, "val_split": options.val_split,
               "patience": options.patience}
-    return {
-        "id": record_id,
-        "created": records.now_iso(),
-        "kind": recipe.kind,
-        "approach": recipe.approach,
-        "head": recipe.name,
-        "params": params,
-        "dataset": {
-            "name": data.dataset.name,
-            "fingerprint": data.fingerprint,
-            "label_set": data.label_set,
-            "class_names": data.class_names,
-            "n_train": len(data.labels),
-            "n_test": None if data.test_labels is None else len(data.test_labels),
-        },
-        "features": None,
-        "model": {**recipe.provenance, **params},
-        "cv": cv,
-        "test": test,
-        "history": history,  # per-epoch logs of the final model, by phase
-        "model_file": MODEL_FILE,
-        "versions": records.library_versions(),
-        "machine": records.machine_info(),
-    }
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    record = records.build_record(
+        kind=recipe.kind, name=recipe.name, approach=recipe.approach, params=params,
+        dataset=records.dataset_entry(data.dataset.name, data.fingerprint, data.label_set, data.class_names,
+                                      len(data.labels), None if data.test_labels is None else len(data.test_labels)),
+        model={**recipe.provenance, **params}, cv=cv, test=test,
+        history=history, record_id=record_id,  # history: per-epoch logs of the final model, by phase
+    )
+    return {**record, "model_file": MODEL_FILE}

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from featcache import heads
-from featcache.cli import main
-from featcache import cv, records
+from conftest import write_cache
+from sklearn.linear_model import LogisticRegression
+
+from featcache import cv, evaluation, heads, records
 from featcache.cache import FeatureCache
-from featcache.errors import FeatcacheError
+from featcache.cli import main
+from featcache.errors import FeatcacheError, ParameterError
 
 
 def blobs(n=240, classes=4, dim=16, seed=0):
@@ -19,27 +21,28 @@ def blobs(n=240, classes=4, dim=16, seed=0):
 
 
 @pytest.fixture
-def features():
+def features(root):
     x, y = blobs()
     x_test, y_test = blobs(80, seed=0)
-    fake = type("Cache", (), {"class_names": {"label": ["a", "b", "c", "d"]}})()
-    return cv.Features(fake, "label", x, y, x_test, y_test)
+    return cv.load_features(write_cache(root, x, y, x_test, y_test, ["a", "b", "c", "d"]))
 
 
 def test_folds_are_stratified_and_identical_for_every_call():
     _, y = blobs()
-    first, second = cv.fold_indices(y, 6, seed=3), cv.fold_indices(y, 6, seed=3)
+    first, second = evaluation.fold_indices(y, 6, seed=3), evaluation.fold_indices(y, 6, seed=3)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(first, second))
-    assert not np.array_equal(first[0][1], cv.fold_indices(y, 6, seed=4)[0][1])
+    assert not np.array_equal(first[0][1], evaluation.fold_indices(y, 6, seed=4)[0][1])
     assert all(np.bincount(y[held_out]).tolist() == [10, 10, 10, 10] for _, held_out in first)
 
 
 def test_bad_fold_counts():
     _, y = blobs(n=12)
-    with pytest.raises(FeatcacheError, match="at least 2"):
-        cv.fold_indices(y, 1, 0)
-    with pytest.raises(FeatcacheError, match="more than the 3 examples of class 0"):
-        cv.fold_indices(y, 4, 0)
+    with pytest.raises(ParameterError, match=r"folds=1 must be an integer >= 2"):
+        evaluation.fold_indices(y, 1, 0)
+    with pytest.raises(ParameterError, match=r"class 0 has 3 examples: folds=4 must be an integer in \[2, 3\]"):
+        evaluation.fold_indices(y, 4, 0)
+    with pytest.raises(FeatcacheError, match="a single class"):
+        evaluation.fold_indices(np.zeros(10, dtype=int), 2, 0)
 
 
 def test_grid_search_sees_the_training_fold_only(monkeypatch, features):
@@ -51,17 +54,20 @@ def test_grid_search_sees_the_training_fold_only(monkeypatch, features):
         return real_fit(self, x, y)
 
     monkeypatch.setattr(heads.get_head_class("logreg"), "fit", spy)
-    folds = cv.fold_indices(features.y_train, 4, 0)
-    cv.cross_validate_head("logreg", {}, {"C": [0.1, 1.0]}, features, folds)
+    folds = evaluation.fold_indices(features.y_train, 4, 0)
+    cv.cross_validate_head(heads.make_head("logreg"), {"C": [0.1, 1.0]}, features, folds)
     largest_training_fold = max(len(train) for train, _ in folds)
     assert seen and max(seen) <= largest_training_fold  # inner fits and refit stay inside the training fold
 
 
-def test_metrics_and_records_round_trip(tmp_path, features, monkeypatch):
-    monkeypatch.setattr(cv, "_record", lambda *a: {**_plain_record(*a)})
-    saved = cv.fit_heads(["logreg", "knn"], features, folds=3, test=True, root=tmp_path, progress=False)
+def test_metrics_and_records_round_trip(root, features):
+    estimators = {"logreg": heads.make_head("logreg"), "knn": heads.make_head("knn")}
+    saved = cv.fit_heads(estimators, features, folds=3, test=True, root=root, progress=False)
+    assert [r["head"] for r in saved] == ["logreg", "knn"]
     for record in saved:
-        loaded = records.load_record(record["id"], tmp_path)
+        loaded = records.load_record(record["id"], root)
+        assert loaded["features"]["cache_key"] == features.cache.key
+        assert loaded["features"]["backbone"] == features.cache.provenance["backbone"]
         folds = loaded["cv"]["fold_metrics"]
         assert len(folds) == 3 and all(m["accuracy"] > 0.9 for m in folds)
         assert set(folds[0]) >= {"accuracy", "top5_accuracy", "kappa", "log_loss", "macro_f1", "fit_seconds",
@@ -73,12 +79,19 @@ def test_metrics_and_records_round_trip(tmp_path, features, monkeypatch):
         assert np.mean(head.predict(features.x_test) == features.y_test) == pytest.approx(loaded["test"]["accuracy"])
 
 
-def _plain_record(name, final, chosen, features, folds, seed, fold_metrics, matrix, test_result):
-    """The record without cache provenance (these tests have no cache file)."""
-    return {"id": records.new_record_id(name), "created": records.now_iso(), "kind": "head", "approach": name,
-            "head": name, "cv": {"folds": folds, "seed": seed, "fold_metrics": fold_metrics,
-                                 "summary": cv.summarize(fold_metrics), "confusion_matrix": matrix},
-            "test": test_result}
+def test_any_sklearn_estimator_is_cloned_for_every_fit(root, features):
+    """An instance goes in; it is never fitted itself, and the record names it by its class."""
+    estimator = LogisticRegression(C=0.5, max_iter=300)
+    saved = cv.fit_heads([estimator], features, folds=3, root=root, progress=False)
+    assert not hasattr(estimator, "coef_")
+    assert saved[0]["head"] == "LogisticRegression" and saved[0]["params"]["C"] == 0.5
+    assert saved[0]["cv"]["summary"]["accuracy"]["mean"] > 0.9
+
+
+def test_bad_grid_values_fail_before_any_fitting(root, features, monkeypatch):
+    monkeypatch.setattr(cv, "cross_validate_head", lambda *a, **k: pytest.fail("fitted before checking"))
+    with pytest.raises(ParameterError, match="logreg: C=-1 must be a number > 0"):
+        cv.fit_heads({"logreg": heads.make_head("logreg")}, features, grid={"C": [1, -1]}, root=root)
 
 
 def test_nan_features_are_refused():
@@ -86,14 +99,6 @@ def test_nan_features_are_refused():
     x[5, 2] = np.nan
     with pytest.raises(FeatcacheError, match="1 rows of the train features contain NaN"):
         cv._checked(x, "train")
-
-
-def test_params_and_grids_are_parsed():
-    assert cv.parse_params(["C=0.1", "kernel=rbf", "pca=none", "n=3"]) == {"C": 0.1, "kernel": "rbf", "pca": None,
-                                                                          "n": 3}
-    assert cv.parse_grid(["C=0.01,1"]) == {"C": [0.01, 1]}
-    with pytest.raises(FeatcacheError, match="must look like name=value"):
-        cv.parse_params(["C"])
 
 
 SMALL = ["--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32", "--weights", "none"]
@@ -104,10 +109,10 @@ def test_fit_end_to_end_from_the_cli(root):
     assert runner.invoke(main, ["extract", "--dataset", "synthetic:n=60", *SMALL]).exit_code == 0
     result = runner.invoke(main, ["fit", "--head", "logreg,knn", "--folds", "3", "--label", "coarse", "--test"])
     assert result.exit_code == 0, result.output
-    assert "logreg on mobilenetv2-32-avg" in result.output
+    assert "logreg on mobilenetv2(alpha=0.35)-32-avg" in result.output
     saved = records.list_records(root)
     assert [r["head"] for r in saved] == ["logreg", "knn"]
-    assert saved[0]["dataset"]["label_set"] == "coarse" and saved[0]["features"]["input_size"] == 32
+    assert saved[0]["dataset"]["label_set"] == "coarse" and saved[0]["features"]["backbone"]["input_size"] == 32
     assert saved[0]["cv"]["summary"]["accuracy"]["mean"] > 0.5  # 2 coarse classes
     stem = next((root / "features").glob("*.h5"))
     assert saved[0]["features"]["cache_key"] == FeatureCache(stem).key
@@ -121,11 +126,16 @@ def test_fit_end_to_end_from_the_cli(root):
     (["--head", "nosuchhead"], "unknown head"),
     (["--head", "svm", "--param", "nosuchparam=1"], "nosuchparam"),
     (["--label", "nosuchlabel"], "no label set 'nosuchlabel'"),
-    (["--folds", "500"], "more than the"),
-    (["--head", "logreg", "--grid", "C=1,-1"], "C=-1: must be a number above 0"),
+    (["--folds", "500"], "class 0 has 5 examples: --folds 500 must be an integer in [2, 5]"),
+    (["--folds", "1"], "--folds 1 must be an integer >= 2"),
+    (["--jobs", "0"], "--jobs 0 must be an integer >= 1"),
+    (["--head", "logreg", "--grid", "C=1,-1"], "logreg: C=-1 must be a number > 0"),
+    (["--head", "logreg", "--param", "C"], "'C' must look like NAME=VALUE"),
 ])
 def test_fit_bad_input(root, args, message):
     runner = CliRunner()
     assert runner.invoke(main, ["extract", "--dataset", "synthetic:n=20", *SMALL]).exit_code == 0
     result = runner.invoke(main, ["fit", *args])
-    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last

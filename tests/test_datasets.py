@@ -45,7 +45,7 @@ def test_cifar100_tar_gz_gives_the_same_dataset(tmp_path):
         tar.add(tmp_path / "src" / "cifar-100-python", arcname="cifar-100-python")
     from_tar = load_dataset("cifar100", data_dir=archive)
     from_folder = load_dataset("cifar100", data_dir=tmp_path / "src")
-    assert from_tar.fingerprint() == from_folder.fingerprint()
+    assert from_tar.fingerprint == from_folder.fingerprint
 
 
 def test_cifar10_python_format(tmp_path):
@@ -114,8 +114,8 @@ def test_tiny_imagenet_layout(tmp_path):
 def test_digits_and_synthetic_are_deterministic():
     digits = load_dataset("digits")
     assert digits.splits["train"].images.array.shape[1:] == (8, 8, 3)
-    assert load_dataset("synthetic:n=20").fingerprint() == load_dataset("synthetic:n=20").fingerprint()
-    assert load_dataset("synthetic:n=20").fingerprint() != load_dataset("synthetic:n=20,seed=1").fingerprint()
+    assert load_dataset("synthetic:n=20").fingerprint == load_dataset("synthetic:n=20").fingerprint
+    assert load_dataset("synthetic:n=20").fingerprint != load_dataset("synthetic:n=20,seed=1").fingerprint
 
 
 @pytest.mark.parametrize("name, message", [

@@ -14,7 +14,8 @@ from featcache import cache
 from featcache.backbones import build_feature_model, make_spec
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
-from featcache.extract import cache_key, extract
+from featcache.cache import cache_key
+from featcache.extract import extract
 
 
 def test_features_match_the_backbone_on_resized_preprocessed_images(root, small_spec):
@@ -33,7 +34,7 @@ def test_features_match_the_backbone_on_resized_preprocessed_images(root, small_
     np.testing.assert_allclose(found.features("test"), expected.numpy(), rtol=1e-4, atol=1e-5)
     provenance = found.provenance
     assert provenance["backbone"]["name"] == "mobilenetv2" and provenance["backbone"]["input_size"] == 32
-    assert provenance["dataset"]["fingerprint"] == data.fingerprint() and "tensorflow" in provenance["versions"]
+    assert provenance["dataset"]["fingerprint"] == data.fingerprint and "tensorflow" in provenance["versions"]
 
 
 def test_second_run_is_served_from_the_cache_and_force_redoes_it(root, small_spec):
@@ -66,9 +67,8 @@ def test_every_input_changes_the_key(tmp_path, small_spec):
     ]
     assert len({base, *variants}) == len(variants) + 1
     one_pixel = load_dataset("synthetic:n=20")
-    fingerprint = one_pixel.fingerprint()
     one_pixel.splits["train"].images.array[0, 0, 0, 0] ^= 1
-    assert one_pixel.fingerprint() != fingerprint
+    assert one_pixel.fingerprint != load_dataset("synthetic:n=20").fingerprint
 
 
 def test_weights_from_a_local_file(tmp_path, root, small_spec):
@@ -86,10 +86,10 @@ def test_weights_from_a_local_file(tmp_path, root, small_spec):
 def test_a_second_process_on_the_same_key_gets_a_clear_error(root, small_spec):
     data = load_dataset("synthetic:n=20")
     stem = cache.file_path("x", root).parent
-    from featcache.extract import cache_stem
+    from featcache.cache import cache_stem
     from featcache.backbones import weights_sha256
 
-    key = cache_key(data.fingerprint(), small_spec, weights_sha256(small_spec), "float32")
+    key = cache_key(data.fingerprint, small_spec, weights_sha256(small_spec), "float32")
     with cache.ExtractionLock(cache_stem(data.name, small_spec, key), root):
         with pytest.raises(FeatcacheError, match="another featcache process is extracting"):
             extract(data, small_spec, root, progress=False)
@@ -97,7 +97,7 @@ def test_a_second_process_on_the_same_key_gets_a_clear_error(root, small_spec):
 
 
 def _extract_command(root, dataset):
-    return [sys.executable, "-m", "cli", "--cache-dir", str(root), "extract", "--dataset", dataset,
+    return [sys.executable, "-m", "featcache.cli", "--cache-dir", str(root), "extract", "--dataset", dataset,
             "--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32", "--weights", "none",
             "--batch-size", "128"]
 

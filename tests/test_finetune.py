@@ -12,11 +12,11 @@ from conftest import SHARED_DATA, write_images
 from featcache import records
 from featcache.backbones import build_feature_model, make_spec, weights_sha256
 from featcache.datasets import load_dataset
-from featcache.finetune import (FinetuneRecipe, FinetuneSettings, backbone_of, block_starts, finetune,
+from featcache.finetune import (FinetuneRecipe, backbone_of, block_starts, finetune,
                                 init_head_file)
 from featcache.predict import predict
 from featcache.report import build_report
-from featcache.training import TrainOptions
+from featcache.settings import FinetuneSettings, TrainOptions
 
 DATASET = "synthetic:n=128,classes=4,size=32,seed=0"
 
@@ -149,7 +149,7 @@ def fake_mlp_record(spec, root, n_classes=4, label_set="fine", model_file="model
     head = keras.Model(features, keras.layers.Dense(n_classes, activation="softmax")(features))
     record = {"id": records.new_record_id("mlp"), "created": records.now_iso(), "kind": "head",
               "approach": "mlp on mobilenetv2-32-avg", "head": "mlp", "params": {},
-              "dataset": {"name": data.name, "fingerprint": data.fingerprint(), "label_set": label_set,
+              "dataset": {"name": data.name, "fingerprint": data.fingerprint, "label_set": label_set,
                           "class_names": data.class_names[label_set], "n_train": 128, "n_test": 32},
               "features": {"backbone": "mobilenetv2", "backbone_args": {"alpha": 0.35}, "weights": spec.weights,
                            "seed": 0, "weights_sha256": weights_sha256(spec), "input_size": 32, "pooling": "avg"},
@@ -163,19 +163,19 @@ def fake_mlp_record(spec, root, n_classes=4, label_set="fine", model_file="model
 def test_phase_1_can_start_from_a_fitted_mlp_head(spec, root):
     data = load_dataset(DATASET)
     record, head = fake_mlp_record(spec, root)
-    path = init_head_file(record, spec, data.fingerprint(), "fine")
+    path = init_head_file(record, spec, data.fingerprint, "fine")
     model = FinetuneRecipe(spec, FinetuneSettings(init_head=str(path))).build(4, None, None)
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert nested[0] is backbone_of(model) and len(nested) == 2
     assert all(np.array_equal(a, b) for a, b in zip(nested[1].get_weights(), head.get_weights()))
     with pytest.raises(Exception, match="not on this dataset's coarse labels"):
-        init_head_file(record, spec, data.fingerprint(), "coarse")
+        init_head_file(record, spec, data.fingerprint, "coarse")
     other = make_spec("mobilenetv2", input_size=48, weights="none", options={"alpha": 0.35})
     with pytest.raises(Exception, match="fitted on other features"):
-        init_head_file(record, other, data.fingerprint(), "fine")
+        init_head_file(record, other, data.fingerprint, "fine")
     svm, _ = fake_mlp_record(spec, root, model_file="model.joblib")
     with pytest.raises(Exception, match="has no saved Keras head"):
-        init_head_file(svm, spec, data.fingerprint(), "fine")
+        init_head_file(svm, spec, data.fingerprint, "fine")
 
 
 def run(*args):

@@ -10,8 +10,9 @@ from featcache.cli import main
 from featcache import records
 from featcache.datasets import load_dataset
 from featcache.report import build_report
-from featcache.scratch import scratch, scratch_settings
-from featcache.training import RUN_FILE, STATE_FILE, TrainOptions
+from featcache.scratch import scratch
+from featcache.settings import TrainOptions, scratch_settings
+from featcache.training import RUN_FILE, STATE_FILE
 
 DATASET = "synthetic:n=96,classes=4,size=16,seed=0"
 
