@@ -1,17 +1,19 @@
 """The backbone registry: each entry is one Keras application, looked up by name.
 
 An entry knows its constructor, its own ``preprocess_input``, its default and minimum input
-size, its feature width and the file name Keras' ImageNet loader wants in
-``$KERAS_HOME/models/``. Adding a backbone is one ``Backbone(...)`` line in ``BACKBONES``.
+size and the file name Keras' ImageNet loader wants in ``$KERAS_HOME/models/``. Feature width and
+parameter count are measured, not typed: they live in :mod:`featcache.backbone_facts`. Adding a
+backbone is one ``Backbone(...)`` line in ``BACKBONES`` and a run of ``python -m featcache.backbone_facts``.
 """
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from featcache.backbone_facts import FACTS
 from featcache.errors import FeatcacheError
+from featcache.files import file_sha256
 
 POOLINGS = ("avg", "max")
 
@@ -23,7 +25,6 @@ class Backbone:
     constructor: str  # the class name inside keras.applications
     default_size: int
     min_size: int
-    feature_width: int
     weights_file: Callable[[dict, int], str]  # (options, input size) -> ImageNet no-top file name
     options: dict = field(default_factory=dict)  # extra constructor arguments and their defaults
 
@@ -56,24 +57,24 @@ def _mobilenet_v2_file(options, size):
 BACKBONES = {
     b.name: b
     for b in [
-        Backbone("resnet50", "resnet50", "ResNet50", 224, 32, 2048,
+        Backbone("resnet50", "resnet50", "ResNet50", 224, 32,
                  _named("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("resnet101", "resnet", "ResNet101", 224, 32, 2048,
+        Backbone("resnet101", "resnet", "ResNet101", 224, 32,
                  _named("resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("vgg16", "vgg16", "VGG16", 224, 32, 512,
+        Backbone("vgg16", "vgg16", "VGG16", 224, 32,
                  _named("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("vgg19", "vgg19", "VGG19", 224, 32, 512,
+        Backbone("vgg19", "vgg19", "VGG19", 224, 32,
                  _named("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("xception", "xception", "Xception", 299, 71, 2048,
+        Backbone("xception", "xception", "Xception", 299, 71,
                  _named("xception_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("inceptionv3", "inception_v3", "InceptionV3", 299, 75, 2048,
+        Backbone("inceptionv3", "inception_v3", "InceptionV3", 299, 75,
                  _named("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("mobilenet", "mobilenet", "MobileNet", 224, 32, 1024, _mobilenet_file, {"alpha": 1.0}),
-        Backbone("mobilenetv2", "mobilenet_v2", "MobileNetV2", 224, 32, 1280, _mobilenet_v2_file,
+        Backbone("mobilenet", "mobilenet", "MobileNet", 224, 32, _mobilenet_file, {"alpha": 1.0}),
+        Backbone("mobilenetv2", "mobilenet_v2", "MobileNetV2", 224, 32, _mobilenet_v2_file,
                  {"alpha": 1.0}),
-        Backbone("densenet121", "densenet", "DenseNet121", 224, 32, 1024,
+        Backbone("densenet121", "densenet", "DenseNet121", 224, 32,
                  _named("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 32, 1280,
+        Backbone("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 32,
                  _named("efficientnetb0_notop.h5")),
     ]
 }
@@ -83,6 +84,13 @@ def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise FeatcacheError(f"unknown backbone {name!r}: choose from {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name]
+
+
+def describe() -> list[dict]:
+    """One row per backbone, for listing them; builds no model (width and parameters: backbone_facts)."""
+    return [{"name": b.name, "default_size": b.default_size, "min_size": b.min_size, **FACTS[b.name],
+             "options": dict(b.options)}
+            for b in BACKBONES.values()]
 
 
 @dataclass(frozen=True)
@@ -138,14 +146,6 @@ def weights_sha256(spec: BackboneSpec) -> str | None:
     if not path.is_file():
         return None
     return file_sha256(path)
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_feature_model(spec: BackboneSpec):
