@@ -1,7 +1,8 @@
 """The backbone registry: each entry is one Keras application, looked up by name.
 
 An entry knows its constructor, its own ``preprocess_input``, its default and minimum input
-size and the file name Keras' ImageNet loader wants in ``$KERAS_HOME/models/``. Feature width and
+size, the file name Keras' ImageNet loader wants in ``$KERAS_HOME/models/`` and the layers where
+its fine-tuning blocks start. Feature width and
 parameter count are measured, not typed: they live in :mod:`featcache.backbone_facts`. Adding a
 backbone is one ``Backbone(...)`` line in ``BACKBONES`` and a run of ``python -m featcache.backbone_facts``.
 """
@@ -26,6 +27,7 @@ class Backbone:
     default_size: int
     min_size: int
     weights_file: Callable[[dict, int], str]  # (options, input size) -> ImageNet no-top file name
+    blocks: tuple = ()  # regexes matching the first layer of each fine-tuning block, bottom to top
     options: dict = field(default_factory=dict)  # extra constructor arguments and their defaults
 
     def keras_constructor(self):
@@ -54,28 +56,34 @@ def _mobilenet_v2_file(options, size):
     return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(options['alpha'])}_{rows}_no_top.h5"
 
 
+def _numbered(pattern: str, numbers) -> tuple:
+    return tuple(pattern.format(n) for n in numbers)
+
+
 BACKBONES = {
     b.name: b
     for b in [
         Backbone("resnet50", "resnet50", "ResNet50", 224, 32,
-                 _named("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+                 _named("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("conv{}_", range(2, 6))),
         Backbone("resnet101", "resnet", "ResNet101", 224, 32,
-                 _named("resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+                 _named("resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("conv{}_", range(2, 6))),
         Backbone("vgg16", "vgg16", "VGG16", 224, 32,
-                 _named("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+                 _named("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("block{}_", range(1, 6))),
         Backbone("vgg19", "vgg19", "VGG19", 224, 32,
-                 _named("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+                 _named("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("block{}_", range(1, 6))),
         Backbone("xception", "xception", "Xception", 299, 71,
-                 _named("xception_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+                 _named("xception_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("block{}_", range(1, 15))),
         Backbone("inceptionv3", "inception_v3", "InceptionV3", 299, 75,
                  _named("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("mobilenet", "mobilenet", "MobileNet", 224, 32, _mobilenet_file, {"alpha": 1.0}),
+        Backbone("mobilenet", "mobilenet", "MobileNet", 224, 32, _mobilenet_file,
+                 _numbered("conv_(pad|dw)_{}(_|$)", range(1, 14)), {"alpha": 1.0}),
         Backbone("mobilenetv2", "mobilenet_v2", "MobileNetV2", 224, 32, _mobilenet_v2_file,
+                 ("expanded_conv_", *_numbered("block_{}_", range(1, 17))),
                  {"alpha": 1.0}),
         Backbone("densenet121", "densenet", "DenseNet121", 224, 32,
-                 _named("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")),
+                 _named("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("conv{}_", range(2, 6))),
         Backbone("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 32,
-                 _named("efficientnetb0_notop.h5")),
+                 _named("efficientnetb0_notop.h5"), _numbered("block{}a_", range(1, 8))),
     ]
 }
 
