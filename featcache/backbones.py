@@ -1,19 +1,51 @@
 """The backbone registry: each entry is one Keras application, looked up by name.
 
-An entry knows its constructor, its own ``preprocess_input``, its default and minimum input
-size, its feature width and the file name Keras' ImageNet loader wants in
-``$KERAS_HOME/models/``. Adding a backbone is one ``Backbone(...)`` line in ``BACKBONES``.
+An entry carries everything about itself: its constructor, its own ``preprocess_input``, its
+default and minimum input size, the file name Keras' ImageNet loader wants in
+``$KERAS_HOME/models/``, the layers where its fine-tuning blocks start, and its typed constructor
+options with their rules. Feature width and parameter count are measured, not typed: they live in
+:mod:`featcache.backbone_facts`. Adding a backbone is one ``Backbone(...)`` entry in ``BACKBONES``
+and a run of ``python -m featcache.backbone_facts``.
 """
 
-import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from featcache.backbone_facts import FACTS
 from featcache.errors import FeatcacheError
+from featcache.files import file_sha256
+from featcache.params import Interval, Options, Rule, check, validate
 
 POOLINGS = ("avg", "max")
+
+
+@dataclass(frozen=True)
+class Option:
+    """A constructor argument: its type, default and rules (see :mod:`featcache.params`).
+
+    ``imagenet``: the further rules with ``weights="imagenet"``, e.g. the values Keras publishes weights for.
+    """
+
+    kind: type  # converts a value given as a string (a command line's KEY=VALUE), or an int to a float
+    default: object
+    rules: tuple
+    imagenet: tuple = ()
+
+    def convert(self, value):
+        """``value`` as the option's type where it converts; the rules judge what does not."""
+        if isinstance(value, bool):
+            return value
+        try:
+            return self.kind(value)
+        except (TypeError, ValueError):
+            return value
+
+
+def _alpha(published: tuple) -> Option:
+    """MobileNet's width multiplier: any number > 0, but ImageNet weights only for ``published``."""
+    return Option(float, 1.0, (Interval(float, 0, None, closed="neither"),), (Options(*published),))
 
 
 @dataclass(frozen=True)
@@ -23,9 +55,9 @@ class Backbone:
     constructor: str  # the class name inside keras.applications
     default_size: int
     min_size: int
-    feature_width: int
     weights_file: Callable[[dict, int], str]  # (options, input size) -> ImageNet no-top file name
-    options: dict = field(default_factory=dict)  # extra constructor arguments and their defaults
+    blocks: tuple = ()  # regexes matching the first layer of each fine-tuning block, bottom to top
+    options: dict = field(default_factory=dict)  # extra constructor arguments: name -> Option
 
     def keras_constructor(self):
         import keras
@@ -43,38 +75,44 @@ def _named(file_name):
 
 
 def _mobilenet_file(options, size):
-    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}.get(float(options["alpha"]), "1_0")
+    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[options["alpha"]]
     rows = size if size in (128, 160, 192, 224) else 224
     return f"mobilenet_{alpha_text}_{rows}_tf_no_top.h5"
 
 
 def _mobilenet_v2_file(options, size):
     rows = size if size in (96, 128, 160, 192, 224) else 224
-    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(options['alpha'])}_{rows}_no_top.h5"
+    return f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{options['alpha']}_{rows}_no_top.h5"
+
+
+def _numbered(pattern: str, numbers) -> tuple:
+    return tuple(pattern.format(n) for n in numbers)
 
 
 BACKBONES = {
     b.name: b
     for b in [
-        Backbone("resnet50", "resnet50", "ResNet50", 224, 32, 2048,
-                 _named("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("resnet101", "resnet", "ResNet101", 224, 32, 2048,
-                 _named("resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("vgg16", "vgg16", "VGG16", 224, 32, 512,
-                 _named("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("vgg19", "vgg19", "VGG19", 224, 32, 512,
-                 _named("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("xception", "xception", "Xception", 299, 71, 2048,
-                 _named("xception_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("inceptionv3", "inception_v3", "InceptionV3", 299, 75, 2048,
+        Backbone("resnet50", "resnet50", "ResNet50", 224, 32,
+                 _named("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("conv{}_", range(2, 6))),
+        Backbone("resnet101", "resnet", "ResNet101", 224, 32,
+                 _named("resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("conv{}_", range(2, 6))),
+        Backbone("vgg16", "vgg16", "VGG16", 224, 32,
+                 _named("vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("block{}_", range(1, 6))),
+        Backbone("vgg19", "vgg19", "VGG19", 224, 32,
+                 _named("vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("block{}_", range(1, 6))),
+        Backbone("xception", "xception", "Xception", 299, 71,
+                 _named("xception_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("block{}_", range(1, 15))),
+        Backbone("inceptionv3", "inception_v3", "InceptionV3", 299, 75,
                  _named("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("mobilenet", "mobilenet", "MobileNet", 224, 32, 1024, _mobilenet_file, {"alpha": 1.0}),
-        Backbone("mobilenetv2", "mobilenet_v2", "MobileNetV2", 224, 32, 1280, _mobilenet_v2_file,
-                 {"alpha": 1.0}),
-        Backbone("densenet121", "densenet", "DenseNet121", 224, 32, 1024,
-                 _named("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5")),
-        Backbone("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 32, 1280,
-                 _named("efficientnetb0_notop.h5")),
+        Backbone("mobilenet", "mobilenet", "MobileNet", 224, 32, _mobilenet_file,
+                 _numbered("conv_(pad|dw)_{}(_|$)", range(1, 14)), {"alpha": _alpha((0.25, 0.5, 0.75, 1.0))}),
+        Backbone("mobilenetv2", "mobilenet_v2", "MobileNetV2", 224, 32, _mobilenet_v2_file,
+                 ("expanded_conv_", *_numbered("block_{}_", range(1, 17))),
+                 {"alpha": _alpha((0.35, 0.5, 0.75, 1.0, 1.3, 1.4))}),
+        Backbone("densenet121", "densenet", "DenseNet121", 224, 32,
+                 _named("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"), _numbered("conv{}_", range(2, 6))),
+        Backbone("efficientnetb0", "efficientnet", "EfficientNetB0", 224, 32,
+                 _named("efficientnetb0_notop.h5"), _numbered("block{}a_", range(1, 8))),
     ]
 }
 
@@ -83,6 +121,13 @@ def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise FeatcacheError(f"unknown backbone {name!r}: choose from {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name]
+
+
+def describe() -> list[dict]:
+    """One row per backbone, for listing them; builds no model (width and parameters: backbone_facts)."""
+    return [{"name": b.name, "default_size": b.default_size, "min_size": b.min_size, **FACTS[b.name],
+             "options": {key: option.default for key, option in b.options.items()}}
+            for b in BACKBONES.values()]
 
 
 @dataclass(frozen=True)
@@ -100,25 +145,46 @@ class BackboneSpec:
     def backbone(self) -> Backbone:
         return get_backbone(self.name)
 
+    def to_record(self) -> dict:
+        """The spec as plain JSON (what cache provenance stores as its "backbone")."""
+        return {**asdict(self), "options": dict(self.options)}
 
-def make_spec(name, input_size=None, pooling="avg", weights="imagenet", options=None, seed=0) -> BackboneSpec:
-    """Validate the user's choices once and fill in the backbone's defaults."""
-    backbone = get_backbone(name)
-    unknown = set(options or {}) - set(backbone.options)
+    @classmethod
+    def from_record(cls, record: dict) -> "BackboneSpec":
+        """The spec of :meth:`to_record`'s dict, validated again."""
+        return make_spec(record["name"], record["input_size"], record["pooling"], record["weights"],
+                         record["options"], record["seed"])
+
+
+WEIGHTS = Rule(lambda weights: weights in ("imagenet", "none") or Path(weights).is_file(),
+               "imagenet, none, or the path of an existing weights file")
+
+
+def check_options(backbone: Backbone, options: dict, weights: str) -> dict:
+    """``options`` converted to their types, checked against their rules, with the defaults filled in."""
+    unknown = set(options) - set(backbone.options)
     if unknown:
         known = ", ".join(backbone.options) or "none"
-        raise FeatcacheError(f"backbone {name} has no option {sorted(unknown)[0]!r} (options: {known})")
-    merged = {**backbone.options, **{k: float(v) for k, v in (options or {}).items()}}
-    size = int(input_size or backbone.default_size)
-    if size < backbone.min_size:
-        raise FeatcacheError(f"--input-size {size} is below {name}'s minimum of {backbone.min_size} pixels")
-    if pooling not in POOLINGS:
-        raise FeatcacheError(f"--pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    if weights not in ("imagenet", "none") and not Path(weights).is_file():
-        raise FeatcacheError(f"--weights {weights!r}: no such file (use imagenet, none, or a weights file path)")
+        raise FeatcacheError(f"backbone {backbone.name} has no option {sorted(unknown)[0]!r} (options: {known})")
+    values = {key: option.convert(options.get(key, option.default)) for key, option in backbone.options.items()}
+    validate(values, {key: option.rules for key, option in backbone.options.items()}, owner=backbone.name)
+    if weights == "imagenet":
+        validate(values, {key: option.imagenet for key, option in backbone.options.items() if option.imagenet},
+                 owner=f"{backbone.name} with weights='imagenet'")
+    return values
+
+
+def make_spec(name, input_size=None, pooling="avg", weights="imagenet", options=None, seed=0) -> BackboneSpec:
+    """Validate the user's choices once and fill in the backbone's defaults; builds and downloads nothing."""
+    backbone = get_backbone(name)
+    values = check_options(backbone, options or {}, weights)
+    size = backbone.default_size if input_size is None else input_size
+    check("input_size", size, [Interval(int, backbone.min_size, None)], owner=name)
+    check("pooling", pooling, [Options(*POOLINGS)])
+    check("weights", weights, [WEIGHTS])
     if weights not in ("imagenet", "none"):
         weights = str(Path(weights).resolve())  # records must find it again from any folder
-    return BackboneSpec(name, size, pooling, weights, tuple(sorted(merged.items())), int(seed))
+    return BackboneSpec(name, int(size), pooling, weights, tuple(sorted(values.items())), int(seed))
 
 
 def keras_home() -> Path:
@@ -138,14 +204,6 @@ def weights_sha256(spec: BackboneSpec) -> str | None:
     if not path.is_file():
         return None
     return file_sha256(path)
-
-
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_feature_model(spec: BackboneSpec):

@@ -172,13 +172,14 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
 
 @main.command()
 def backbones():
-    """List the backbones and their defaults."""
-    from featcache.backbones import BACKBONES
+    """List the backbones: default and minimum input size, feature width, parameters, options."""
+    from featcache.backbones import describe
 
-    click.echo(f"{'name':<16}{'size':>6}{'min':>6}{'width':>7}  options")
-    for b in BACKBONES.values():
-        options = ", ".join(f"{k}={v}" for k, v in b.options.items())
-        click.echo(f"{b.name:<16}{b.default_size:>6}{b.min_size:>6}{b.feature_width:>7}  {options}")
+    click.echo(f"{'name':<16}{'size':>6}{'min':>6}{'width':>7}{'params':>13}  options")
+    for row in describe():
+        options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+        click.echo(f"{row['name']:<16}{row['default_size']:>6}{row['min_size']:>6}{row['width']:>7}"
+                   f"{row['parameters']:>13,}  {options}")
 
 
 @main.group()

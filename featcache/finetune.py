@@ -7,7 +7,8 @@ throughout (it is called with ``training=False``, and phase 2 never unfreezes a 
 their moving statistics never change, which keeps small fine-tuning batches from wrecking the
 ImageNet statistics.
 
-A "block" is defined per backbone in :data:`BLOCKS`; unfreezing N blocks trains every layer from the
+A "block" is defined per backbone by its registry entry's ``blocks`` patterns
+(:mod:`featcache.backbones`); unfreezing N blocks trains every layer from the
 first layer of the N-th block from the top to the output.
 
 Phase 1 may start from a Keras head (``mlp``) already fitted on the cached features of the same
@@ -22,37 +23,25 @@ from pathlib import Path
 import keras
 
 from featcache import records
-from featcache.backbones import BackboneSpec, build_feature_model, weights_sha256
+from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError
 from featcache.settings import FinetuneSettings, TrainOptions
 from featcache.training import Phase, augmentation, compile_model, precision_policy, train_and_evaluate
 
-# backbone -> regular expressions matching the name of the first layer of each block, bottom to top.
-# Backbones not listed fall back to "every layer with weights is a block".
-BLOCKS = {
-    "resnet50": [rf"conv{stage}_" for stage in range(2, 6)],
-    "resnet101": [rf"conv{stage}_" for stage in range(2, 6)],
-    "vgg16": [rf"block{block}_" for block in range(1, 6)],
-    "vgg19": [rf"block{block}_" for block in range(1, 6)],
-    "xception": [rf"block{block}_" for block in range(1, 15)],
-    "mobilenet": [rf"conv_(pad|dw)_{block}(_|$)" for block in range(1, 14)],
-    "mobilenetv2": ["expanded_conv_", *(rf"block_{block}_" for block in range(1, 17))],
-    "densenet121": [rf"conv{stage}_" for stage in range(2, 6)],
-    "efficientnetb0": [rf"block{stage}a_" for stage in range(1, 8)],
-}
 
 
 def block_starts(backbone_name: str, layers) -> list[int]:
     """The index in ``layers`` of the first layer of each block, bottom to top."""
-    patterns = BLOCKS.get(backbone_name)
-    if patterns is None:
+    patterns = get_backbone(backbone_name).blocks
+    if not patterns:
         return [i for i, layer in enumerate(layers) if layer.weights]
     starts = []
     for pattern in patterns:
         found = next((i for i, layer in enumerate(layers) if re.match(pattern, layer.name)), None)
         if found is None:
-            raise FeatcacheError(f"{backbone_name} has no layer matching {pattern!r}: update finetune.BLOCKS")
+            raise FeatcacheError(f"{backbone_name} has no layer matching {pattern!r}: update its blocks in "
+                                 "featcache.backbones")
         starts.append(found)
     return starts
 

@@ -31,10 +31,12 @@ def test_extract_then_cache_commands(root):
 @pytest.mark.parametrize("args, message", [
     (["extract", "--backbone", "resnet9000"], "unknown backbone 'resnet9000'"),
     (["extract", "--backbone", "resnet50", "--alpha", "0.5"], "backbone resnet50 has no option 'alpha'"),
-    (["extract", "--input-size", "8", "--weights", "none"], "below mobilenetv2's minimum of 32"),
-    (["extract", "--weights", "/no/such/file.h5"], "no such file"),
+    (["extract", "--input-size", "8", "--weights", "none"], "--input-size 8 must be an integer >= 32"),
+    (["extract", "--weights", "/no/such/file.h5"], "must be imagenet, none, or the path of an existing weights file"),
+    (["extract", "--alpha", "0.4"], "alpha=0.4 must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4"),
     (["extract", "--dataset", "folder:/no/such/folder", "--weights", "none"], "does not exist"),
-    (["extract", "--dataset", "synthetic", "--batch-size", "100", *SMALL], "--batch-size must divide 1024"),
+    (["extract", "--dataset", "synthetic", "--batch-size", "100", *SMALL],
+     "--batch-size 100 must be a divisor of 1024 (e.g. 16, 32, 64, 128)"),
     (["cache", "info", "nothing-like-this"], "no cache matches"),
     (["fit", "--head", "logreg"], "no complete cache"),
     (["report"], "no result records"),
@@ -42,4 +44,5 @@ def test_extract_then_cache_commands(root):
 def test_bad_input_is_one_line_without_traceback(root, args, message):
     code, out = run(*args)
     assert code == 2, out
-    assert message in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
+    assert out.startswith("error: ") and message in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
