@@ -224,7 +224,7 @@ def build_feature_model(spec: BackboneSpec):
             raise FeatcacheError(
                 f"cannot download {spec.name} ImageNet weights ({type(exc).__name__}): put "
                 f"{imagenet_weights_path(spec).name} in {imagenet_weights_path(spec).parent}/ "
-                "(or set KERAS_HOME), or pass --weights FILE"
+                "(or set KERAS_HOME), or give a weights file as weights=PATH"
             ) from None
     keras.utils.set_random_seed(spec.seed)
     model = constructor(include_top=False, weights=None, input_shape=shape, pooling=spec.pooling, **options)

@@ -104,7 +104,7 @@ class FeatureCache:
                 dataset.read_direct(out)
             except OSError as exc:  # a chunk whose Fletcher-32 checksum does not match its bytes
                 raise FeatcacheError(f"the {split} features in {self.path} are damaged ({exc}): "
-                                     "extract them again with --force") from None
+                                     "extract them again with force=True (featcache extract --force)") from None
             return out
 
     def labels(self, split: str, label_set: str) -> np.ndarray:

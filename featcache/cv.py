@@ -57,7 +57,7 @@ def load_features(cache: FeatureCache, label_set: str | None = None) -> Features
 def _checked(x: np.ndarray, split: str) -> np.ndarray:
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).any(axis=1).sum())
-        raise FeatcacheError(f"{bad} rows of the {split} features contain NaN or inf: extract again with --force")
+        raise FeatcacheError(f"{bad} rows of the {split} features contain NaN or inf: extract again with force=True (featcache extract --force)")
     return x
 
 

@@ -172,7 +172,7 @@ def _keras_cifar_folder(name: str) -> Path:
     except Exception as exc:  # Keras raises plain Exception when the download fails
         raise FeatcacheError(
             f"cannot download {name} ({type(exc).__name__}): download the python version from "
-            "https://www.cs.toronto.edu/~kriz/cifar.html and pass --data-dir DIR"
+            "https://www.cs.toronto.edu/~kriz/cifar.html and give its folder as data_dir"
         ) from None
     from featcache.backbones import keras_home
 
@@ -250,7 +250,7 @@ def load_folder(path, skip_bad: bool = False) -> Dataset:
 def load_tiny_imagenet(data_dir, skip_bad: bool = False) -> Dataset:
     """A local tiny-imagenet-200 tree in its published layout (the val split becomes "test")."""
     if data_dir is None:
-        raise FeatcacheError("tiny-imagenet needs --data-dir pointing to the tiny-imagenet-200 folder")
+        raise FeatcacheError("tiny-imagenet needs data_dir: the tiny-imagenet-200 folder")
     root = Path(data_dir)
     if not (root / "wnids.txt").is_file() and (root / "tiny-imagenet-200" / "wnids.txt").is_file():
         root = root / "tiny-imagenet-200"
@@ -297,7 +297,7 @@ def open_images(paths: list[Path], skip_bad: bool = False) -> tuple[FileImages, 
     bad = [str(p) for p, size in zip(paths, sizes) if size is None]
     if bad and not skip_bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise FeatcacheError(f"cannot decode image {bad[0]}{more}: fix or remove it, or pass --skip-bad")
+        raise FeatcacheError(f"cannot decode image {bad[0]}{more}: fix or remove it, or leave such files out with skip_bad=True")
     kept = [i for i, size in enumerate(sizes) if size is not None]
     return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, bad
 

@@ -25,7 +25,7 @@ import keras
 from featcache import records
 from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
 from featcache.datasets import Dataset
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, ParameterError
 from featcache.settings import FinetuneSettings, TrainOptions
 from featcache.training import Phase, augmentation, compile_model, precision_policy, train_and_evaluate
 
@@ -55,8 +55,7 @@ def unfreeze_top_blocks(backbone, backbone_name: str, count: int) -> None:
     """
     starts = block_starts(backbone_name, backbone.layers)
     if not 1 <= count <= len(starts):
-        raise FeatcacheError(f"--unfreeze must be between 0 and the {len(starts)} blocks of {backbone_name}, "
-                             f"got {count}")
+        raise ParameterError("unfreeze", count, f"between 0 and the {len(starts)} blocks of {backbone_name}")
     backbone.trainable = True
     for index, layer in enumerate(backbone.layers):
         layer.trainable = index >= starts[-count] and not isinstance(layer, keras.layers.BatchNormalization)

@@ -69,7 +69,7 @@ class Options:
                    for v in self.values)
 
     def __str__(self) -> str:
-        return "one of " + ", ".join(map(str, self.values))
+        return str(self.values[0]) if len(self.values) == 1 else "one of " + ", ".join(map(str, self.values))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from featcache import heads, records
 from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
 from featcache.datasets import IMAGE_SUFFIXES, open_images
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, ParameterError
 from featcache.evaluation import class_scores
 from featcache.images import feature_batches, image_batches
 
@@ -38,10 +38,10 @@ def choose_record(ref: str, root=None, dataset=None, label_set=None) -> dict:
     ]
     if not candidates:
         raise FeatcacheError("no result record with a saved model and a CV accuracy matches: run `featcache fit` "
-                             "first, or give a record id with --result")
+                             "first, or give a record id")
     groups = {(r["dataset"]["fingerprint"], r["dataset"]["label_set"]) for r in candidates}
     if len(groups) > 1:
-        raise FeatcacheError("records of several datasets or label sets: choose one with --dataset and --label")
+        raise FeatcacheError("records of several datasets or label sets: choose one with dataset and label_set")
     return max(candidates, key=lambda r: (r["cv"]["summary"]["accuracy"]["mean"], (r.get("test") or {}).get("accuracy", -1)))
 
 
@@ -104,7 +104,7 @@ def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad
     from tqdm import tqdm
 
     if top_k < 1:
-        raise FeatcacheError(f"--top-k must be at least 1, got {top_k}")
+        raise ParameterError("top_k", top_k, "an integer >= 1")
     class_names = np.array(record["dataset"]["class_names"])
     if record["kind"] in TRAINED_KINDS:
         batches, probabilities = trained_model(record, batch_size)

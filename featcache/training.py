@@ -33,7 +33,7 @@ import numpy as np
 
 from featcache import paths, records
 from featcache.datasets import Dataset
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, ParameterError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
 from featcache.files import write_json
 from featcache.images import image_batches
@@ -191,7 +191,7 @@ def validation_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed
     classes = np.unique(y)
     size = max(int(round(len(rows) * fraction)), len(classes))
     if size >= len(rows):
-        raise FeatcacheError(f"--val-split {fraction} leaves no training images ({len(rows)} in all)")
+        raise ParameterError("val_split", fraction, f"smaller: it leaves no training images ({len(rows)} in all)")
     stratify = y if np.bincount(y)[classes].min() >= 2 else None
     fit, held_out = train_test_split(rows, test_size=size, stratify=stratify, random_state=seed)
     return np.sort(fit), np.sort(held_out)
@@ -370,7 +370,7 @@ def train_and_evaluate(recipe: Recipe, dataset: Dataset, label_set: str | None =
     options.check()
     data = training_data(dataset, label_set)
     if not options.folds and data.test_images is None:
-        raise FeatcacheError(f"dataset {dataset.name} has no test split to score on: use --folds")
+        raise FeatcacheError(f"dataset {dataset.name} has no test split to score on: cross-validate with folds=K")
     n_classes = len(data.class_names)
     folds = fold_indices(data.labels, options.folds, options.seed) if options.folds else []
     folder = _run_folder(_run_settings(recipe, data, options), recipe.name, root, resume)
@@ -417,8 +417,8 @@ def _run_folder(settings: dict, name: str, root, resume: bool) -> Path:
         unfinished = [p.parent for p in sorted(paths.results_dir(root).glob(f"*/{RUN_FILE}"))
                       if not (p.parent / records.RECORD_FILE).exists() and json.loads(p.read_text()) == settings]
         if not unfinished:
-            raise FeatcacheError(f"--resume: no unfinished {name} run with these settings in "
-                                 f"{paths.results_dir(root)}; run without --resume to start one")
+            raise FeatcacheError(f"resume: no unfinished {name} run with these settings in "
+                                 f"{paths.results_dir(root)}; start one without resume")
         return unfinished[-1]
     folder = records.record_folder(records.new_record_id(name), root)
     folder.mkdir(parents=True)

@@ -33,7 +33,7 @@ def test_extract_then_cache_commands(root):
     (["extract", "--backbone", "resnet50", "--alpha", "0.5"], "backbone resnet50 has no option 'alpha'"),
     (["extract", "--input-size", "8", "--weights", "none"], "--input-size 8 must be an integer >= 32"),
     (["extract", "--weights", "/no/such/file.h5"], "must be imagenet, none, or the path of an existing weights file"),
-    (["extract", "--alpha", "0.4"], "alpha=0.4 must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4"),
+    (["extract", "--alpha", "0.4"], "--alpha 0.4 must be one of 0.35, 0.5, 0.75, 1.0, 1.3, 1.4"),
     (["extract", "--dataset", "folder:/no/such/folder", "--weights", "none"], "does not exist"),
     (["extract", "--dataset", "synthetic", "--batch-size", "100", *SMALL],
      "--batch-size 100 must be a divisor of 1024 (e.g. 16, 32, 64, 128)"),

@@ -12,6 +12,7 @@ from conftest import SHARED_DATA, write_images
 from featcache import records
 from featcache.backbones import build_feature_model, make_spec, weights_sha256
 from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
 from featcache.finetune import (FinetuneRecipe, backbone_of, block_starts, finetune,
                                 init_head_file)
 from featcache.predict import predict
@@ -128,7 +129,8 @@ def test_record_report_and_predict(trained, tmp_path):
     record, _, root = trained
     saved = records.load_record(record["id"], root)
     assert saved["format"] == records.FORMAT and saved["kind"] == "finetune" and saved["features"] is None
-    assert saved["model"]["backbone"] == "mobilenetv2" and saved["model"]["input_size"] == 32
+    assert saved["model"]["backbone"] == record["model"]["backbone"] and saved["model"]["input_size"] == 32
+    assert saved["model"]["backbone"]["name"] == "mobilenetv2" and saved["model"]["backbone"]["options"] == {"alpha": 0.35}
     assert saved["model"]["weights_sha256"] and saved["cv"]["folds"] == 0
     built = build_report([saved], tmp_path / "report")
     assert saved["approach"] in built.text and "finetune" in built.markdown.read_text()
@@ -151,8 +153,7 @@ def fake_mlp_record(spec, root, n_classes=4, label_set="fine", model_file="model
               "approach": "mlp on mobilenetv2-32-avg", "head": "mlp", "params": {},
               "dataset": {"name": data.name, "fingerprint": data.fingerprint, "label_set": label_set,
                           "class_names": data.class_names[label_set], "n_train": 128, "n_test": 32},
-              "features": {"backbone": "mobilenetv2", "backbone_args": {"alpha": 0.35}, "weights": spec.weights,
-                           "seed": 0, "weights_sha256": weights_sha256(spec), "input_size": 32, "pooling": "avg"},
+              "features": {"backbone": spec.to_record(), "weights_sha256": weights_sha256(spec)},
               "cv": {"folds": 2, "seed": 0, "fold_metrics": [], "summary": {}}, "test": None,
               "model_file": model_file}
     folder = records.save_record(record, root)
@@ -168,13 +169,13 @@ def test_phase_1_can_start_from_a_fitted_mlp_head(spec, root):
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert nested[0] is backbone_of(model) and len(nested) == 2
     assert all(np.array_equal(a, b) for a, b in zip(nested[1].get_weights(), head.get_weights()))
-    with pytest.raises(Exception, match="not on this dataset's coarse labels"):
+    with pytest.raises(FeatcacheError, match="not on this dataset's coarse labels"):
         init_head_file(record, spec, data.fingerprint, "coarse")
     other = make_spec("mobilenetv2", input_size=48, weights="none", options={"alpha": 0.35})
-    with pytest.raises(Exception, match="fitted on other features"):
+    with pytest.raises(FeatcacheError, match="fitted on other features.*input_size 32 vs 48"):
         init_head_file(record, other, data.fingerprint, "fine")
     svm, _ = fake_mlp_record(spec, root, model_file="model.joblib")
-    with pytest.raises(Exception, match="has no saved Keras head"):
+    with pytest.raises(FeatcacheError, match="has no saved Keras head"):
         init_head_file(svm, spec, data.fingerprint, "fine")
 
 
@@ -189,12 +190,12 @@ def test_cli_finetune_from_a_head_then_report_and_predict(spec, root, tmp_path):
                     "--weights", spec.weights, "--dataset", DATASET, "--epochs", "1", "--unfreeze", "0",
                     "--batch-size", "32", "--init-head", mlp["id"])
     assert code == 0, out
-    assert "finetune mobilenetv2-32-avg (unfreeze 0, from a fitted head)" in out
+    assert "finetune mobilenetv2(alpha=0.35)-32-avg (unfreeze 0, from a fitted head)" in out
     record_id = out.strip().splitlines()[-1].split()[-1]
     saved = records.load_record(record_id, root)
     assert saved["params"]["init_head"].endswith(f"{mlp['id']}/model.keras")
     code, out = run("report", record_id)
-    assert code == 0 and "finetune mobilenetv2-32-avg" in out
+    assert code == 0 and "finetune mobilenetv2(alpha=0.35)-32-avg" in out
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "x.png")
     code, out = run("predict", "--result", record_id, tmp_path / "x.png", "--out", tmp_path / "p.csv")
     assert code == 0 and "1 predictions written" in out, out
@@ -206,17 +207,18 @@ SMALL = ["--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32", "
 
 @pytest.mark.parametrize("args, message", [
     (["--backbone", "resnet9000"], "unknown backbone 'resnet9000'"),
-    (["--unfreeze", "18"], "--unfreeze must be between 0 and the 17 blocks of mobilenetv2, got 18"),
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-    (["--folds", "1"], "--folds must be 0 (no cross-validation) or at least 2, got 1"),
+    (["--unfreeze", "18"], "--unfreeze 18 must be between 0 and the 17 blocks of mobilenetv2"),
+    (["--epochs", "0"], "--epochs 0 must be an integer >= 1"),
+    (["--folds", "1"], "--folds 1 must be 0 or an integer >= 2"),
     (["--label", "nope"], "has no label set 'nope'"),
     (["--init-head", "no-such-record"], "no result record 'no-such-record'"),
-    (["--resume"], "--resume: no unfinished mobilenetv2 run with these settings"),
+    (["--resume"], "resume: no unfinished mobilenetv2 run with these settings"),
 ])
 def test_bad_input_is_one_line(root, args, message):
     code, out = run("finetune", *SMALL, *args)  # a repeated option: click takes the last value
     assert code == 2, out
-    assert message in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
+    assert out.startswith("error: ") and message in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
 
 
 def test_dataset_without_test_split_needs_folds(root, tmp_path):
@@ -224,4 +226,4 @@ def test_dataset_without_test_split_needs_folds(root, tmp_path):
         write_images(tmp_path / "photos" / name, 3, size=(32, 32))
     code, out = run("finetune", "--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32",
                     "--weights", "none", "--dataset", f"folder:{tmp_path / 'photos'}")
-    assert code == 2 and "has no test split to score on: use --folds" in out, out
+    assert code == 2 and "has no test split to score on: cross-validate with folds=K" in out, out

@@ -31,22 +31,25 @@ def make_record(approach, fold_accuracies, *, kind="head", test_accuracy=None, f
         for metric in ("accuracy", "top5_accuracy", "kappa", "macro_f1", "fit_seconds", "predict_seconds")
         for values in [[m[metric] for m in fold_metrics]]
     }
+    spec = {"name": backbone, "options": {"alpha": 0.35}, "weights": "imagenet", "seed": 0, "input_size": 224,
+            "pooling": "avg"}
     features = None if kind != "head" else {
-        "cache_key": f"{backbone}-224-avg-0123abcd", "cache_file": "x.h5", "backbone": backbone,
-        "backbone_args": {}, "weights": "imagenet", "weights_sha256": "ab" * 32, "input_size": [224, 224],
-        "pooling": "avg", "preprocessing": "mobilenet", "dtype": "float16",
+        "cache_key": f"{backbone}-224-avg-0123abcd", "cache_file": "x.h5", "backbone": spec,
+        "weights_sha256": "ab" * 32, "preprocessing": "mobilenet", "dtype": "float16",
     }
+    model = None if kind == "head" else {"backbone": spec, "architecture": None, "weights_sha256": "ab" * 32,
+                                         "input_size": 224, "preprocessing": "mobilenet"}
     test = None if test_accuracy is None else {
         "accuracy": test_accuracy, "top5_accuracy": None, "kappa": None, "log_loss": None, "macro_f1": None,
         "fit_seconds": fit_seconds, "predict_seconds": 0.1, "confusion_matrix": test_matrix,
     }
     return {
-        "format": "featcache-result/1", "id": f"20261125-101500-{approach.split()[0]}-abc123",
+        "format": "featcache-result/2", "id": f"20261125-101500-{approach.split()[0]}-abc123",
         "created": "2026-11-25T10:15:00+00:00", "kind": kind, "approach": approach, "head": approach.split()[0],
         "params": {},
         "dataset": {"name": dataset, "fingerprint": fingerprint, "label_set": label_set, "class_names": CLASSES,
                     "n_train": 300, "n_test": 60},
-        "features": features,
+        "features": features, "model": model,
         "cv": {"folds": folds, "seed": seed, "fold_metrics": fold_metrics, "summary": summary,
                "confusion_matrix": cv_matrix},
         "test": test, "model_file": None,

@@ -24,7 +24,8 @@ def test_basic_cnn_learns(root):
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert record["test"]["accuracy"] > 0.5  # 4 classes: chance is 0.25
     assert record["kind"] == "scratch" and record["approach"] == "scratch basic-cnn-16"
-    assert record["model"]["input_size"] == 16 and record["features"] is None
+    assert record["model"]["input_size"] == 16 and record["model"]["architecture"] == "basic-cnn"
+    assert record["features"] is None and record["model"]["backbone"] is None
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -50,7 +51,7 @@ def test_interrupted_run_resumes_from_its_checkpoint(root):
     state = json.loads((run_folder / "final" / STATE_FILE).read_text())
     assert state["epoch"] == 1 and (run_folder / "final" / state["checkpoint"]).is_file()
     assert not records.list_records(root)  # an unfinished run is no result
-    with pytest.raises(Exception, match="no unfinished basic-cnn run with these settings"):
+    with pytest.raises(FeatcacheError, match="no unfinished basic-cnn run with these settings"):
         scratch(data, scratch_settings("basic-cnn", epochs=4, batch_size=16), root=root, resume=True, progress=False)
     counted = CountEpochs()
     record = scratch(data, settings, root=root, resume=True, progress=False, callbacks=[counted])
@@ -82,7 +83,7 @@ def test_cli_scratch_with_folds_shares_the_report_with_heads(root, tmp_path):
     record = records.load_record(out.strip().splitlines()[-1].split()[-1], root)
     assert record["cv"]["folds"] == 2 and len(record["cv"]["fold_metrics"]) == 2
     head = {**record, "id": "head-record", "kind": "head", "approach": "svm on mobilenetv2-32-avg",
-            "features": {"backbone": "mobilenetv2", "input_size": 32}, "model": None}
+            "features": {"backbone": {"name": "mobilenetv2", "input_size": 32, "pooling": "avg"}}, "model": None}
     built = build_report([record, head], tmp_path)
     assert built.text.count("\n\n") == 0  # one section: the same folds of the same data
     assert "scratch basic-cnn-16" in built.text and "svm on mobilenetv2-32-avg" in built.text
@@ -95,16 +96,16 @@ def test_cli_scratch_with_folds_shares_the_report_with_heads(root, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "resnet"], "unknown model 'resnet': choose from basic-cnn, wrn"),
-    (["--model", "wrn", "--depth", "11"], "--depth must be 6n+4 and at least 10"),
-    (["--dropout", "1.5"], "--dropout must be in [0, 1), got 1.5"),
-    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
-    (["--lr", "-1"], "--lr must be above 0"),
-    (["--val-split", "1"], "--val-split must be in [0, 1)"),
-    (["--dataset", "digits"], "basic-cnn needs images of at least 10 pixels, got 8: pass --input-size"),
-    (["--resume"], "--resume: no unfinished basic-cnn run with these settings"),
+    (["--model", "resnet"], "error: --model resnet must be one of basic-cnn, wrn"),
+    (["--model", "wrn", "--depth", "11"], "error: --depth 11 must be 6n+4 and at least 10"),
+    (["--dropout", "1.5"], "error: --dropout 1.5 must be a number in [0, 1)"),
+    (["--epochs", "0"], "error: --epochs 0 must be an integer >= 1"),
+    (["--lr", "-1"], "error: --lr -1.0 must be a number > 0"),
+    (["--val-split", "1"], "error: --val-split 1.0 must be a number in [0, 1)"),
+    (["--dataset", "digits"], "error: basic-cnn: --input-size 8 must be an integer >= 10"),
+    (["--resume"], "error: resume: no unfinished basic-cnn run with these settings"),
 ])
 def test_bad_input_is_one_line(root, args, message):
     code, out = run("scratch", "--dataset", DATASET, *args)
     assert code == 2, out
-    assert message in out and "Traceback" not in out and len(out.strip().splitlines()) == 1
+    assert out.startswith(message) and "Traceback" not in out and len(out.strip().splitlines()) == 1
