@@ -1,5 +1,6 @@
 """The heads: scikit-learn estimators that learn, validate their parameters, save and plug in."""
 
+import re
 import sys
 import textwrap
 
@@ -14,7 +15,7 @@ from sklearn.preprocessing import FunctionTransformer
 from featcache import heads
 from featcache.cli import main
 from featcache import cv
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, ParameterError
 
 FAST = {"mlp": {"epochs": 10, "units": 64, "batch_size": 32}, "svm": {}, "logreg": {}, "xgboost": {"n_estimators": 30, "pca": 8},
         "knn": {}}
@@ -128,22 +129,34 @@ def test_mlp_as_keras_model_covers_every_class(data):
 @pytest.mark.parametrize("name, params, message", [
     ("nosuchhead", {}, "unknown head 'nosuchhead'"),
     ("svm", {"nosuchparam": 1}, "has no parameter 'nosuchparam'"),
-    ("svm", {"C": -1}, "C=-1: must be a number above 0"),
-    ("svm", {"kernel": "poly"}, "kernel='poly': must be one of linear, rbf"),
-    ("mlp", {"optimizer": "lion"}, "optimizer='lion'"),
-    ("mlp", {"dropout": 1.5}, "dropout=1.5"),
-    ("xgboost", {"device": "tpu"}, "device='tpu'"),
-    ("logreg", {"pca": 0}, "pca=0: must be none or an integer above 0"),
-    ("knn", {"n_neighbors": 2.5}, "n_neighbors=2.5"),
+])
+def test_unknown_heads_and_parameters_are_named(name, params, message):
+    with pytest.raises(FeatcacheError, match=re.escape(message)):
+        heads.make_head(name, **params)
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("svm", {"C": -1}, "svm: C=-1 must be a number > 0"),
+    ("svm", {"kernel": "poly"}, "svm: kernel='poly' must be one of linear, rbf"),
+    ("svm", {"gamma": 0}, "svm: gamma=0 must be a number > 0 or none"),
+    ("mlp", {"optimizer": "lion"}, "mlp: optimizer='lion' must be one of adam, sgd, rmsprop, adamw"),
+    ("mlp", {"dropout": 1.5}, "mlp: dropout=1.5 must be a number in [0, 1)"),
+    ("mlp", {"validation_fraction": 1}, "mlp: validation_fraction=1 must be a number in (0, 1)"),
+    ("xgboost", {"device": "tpu"}, "xgboost: device='tpu' must be one of auto, cpu, cuda"),
+    ("xgboost", {"subsample": 0}, "xgboost: subsample=0 must be a number in (0, 1]"),
+    ("logreg", {"pca": 0}, "logreg: pca=0 must be an integer >= 1 or none"),
+    ("logreg", {"random_state": None}, "logreg: random_state=None must be an integer"),
+    ("knn", {"n_neighbors": 2.5}, "knn: n_neighbors=2.5 must be an integer >= 1"),
+    ("knn", {"n_neighbors": True}, "knn: n_neighbors=True must be an integer >= 1"),
 ])
 def test_bad_parameters_are_named(name, params, message):
-    with pytest.raises(FeatcacheError, match=message.replace("(", r"\(")):
+    with pytest.raises(ParameterError, match=re.escape(message)):
         heads.make_head(name, **params)
 
 
 def test_bad_parameter_set_later_fails_at_fit(data):
     (x, y), _ = data
-    with pytest.raises(ValueError, match="C=0"):
+    with pytest.raises(ParameterError, match=re.escape("logreg: C=0 must be a number > 0")):
         heads.make_head("logreg").set_params(C=0).fit(x, y)
 
 

@@ -1,4 +1,4 @@
-"""What the built-in heads share: parameter checks, the scaler (+ optional PCA) front, a validation slice.
+"""What the built-in heads share: parameter rules, the scaler (+ optional PCA) front, a validation slice.
 
 Every head standardises its features (and optionally projects them with PCA) inside ``fit``, so
 the front is fitted on the training rows alone: in cross-validation the held-out fold never
@@ -13,69 +13,30 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featcache.params import Interval, validate
 
-# Rules: each takes a value and returns what it must be when it is wrong, else None.
-def positive(value):
-    return None if _is_number(value) and value > 0 else "a number above 0"
-
-
-def positive_int(value):
-    return None if _is_int(value) and value > 0 else "an integer above 0"
+POSITIVE = Interval(float, 0, None, closed="neither")
+POSITIVE_INT = Interval(int, 1, None)
+FRACTION = Interval(float, 0, 1, closed="neither")
 
 
-def fraction(value):
-    return None if _is_number(value) and 0 < value < 1 else "a number between 0 and 1 (exclusive)"
-
-
-def rate(value):
-    return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
-
-
-def share(value):
-    return None if _is_number(value) and 0 < value <= 1 else "a number in (0, 1]"
-
-
-def any_int(value):
-    return None if _is_int(value) else "an integer"
-
-
-def one_of(*choices):
-    def rule(value):
-        return None if value in choices else "one of " + ", ".join(map(str, choices))
-    return rule
-
-
-def optional(rule):
-    def check(value):
-        return None if value is None else (rule(value) and f"none or {rule(value)}")
-    return check
-
-
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def check_params(head, owner: str) -> None:
+    """Raise ParameterError naming ``owner`` and the first parameter that breaks the head's ``parameter_rules``."""
+    validate(head.get_params(deep=False), getattr(head, "parameter_rules", {}), owner)
 
 
 class Head(ClassifierMixin, BaseEstimator):
-    """Base of the built-in heads. Subclasses set ``rules`` and implement ``_fit`` and ``_scores``.
+    """Base of the built-in heads. Subclasses set ``name``, extend ``parameter_rules`` and implement
+    ``_fit`` and ``_scores``.
 
     ``pca``: the number of principal components kept after standardisation (None keeps every feature).
     """
 
-    rules: dict = {}
-
-    def check_params(self) -> None:
-        """Raise ValueError naming the first parameter whose value breaks its rule."""
-        for name, rule in {"pca": optional(positive_int), "random_state": any_int, **self.rules}.items():
-            problem = rule(getattr(self, name))
-            if problem:
-                raise ValueError(f"{type(self).__name__} parameter {name}={getattr(self, name)!r}: must be {problem}")
+    name = "head"
+    parameter_rules = {"pca": [POSITIVE_INT, None], "random_state": [Interval(int, None, None)]}
 
     def fit(self, x, y):
-        self.check_params()
+        check_params(self, self.name)
         x, y = validate_data(self, x, y, dtype=np.float32)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:

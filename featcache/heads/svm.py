@@ -16,12 +16,15 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.kernel_approximation import Nystroem
 
-from featcache.heads.base import Head, fraction, one_of, optional, positive, positive_int, validation_slice
+from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
+from featcache.params import Options
 
 
 class SVMHead(Head):
-    rules = {"C": positive, "kernel": one_of("linear", "rbf"), "gamma": optional(positive),
-             "n_components": positive_int, "max_iter": positive_int, "calibration_fraction": fraction}
+    name = "svm"
+    parameter_rules = Head.parameter_rules | {
+        "C": [POSITIVE], "kernel": [Options("linear", "rbf")], "gamma": [POSITIVE, None],
+        "n_components": [POSITIVE_INT], "max_iter": [POSITIVE_INT], "calibration_fraction": [FRACTION]}
 
     def __init__(self, C=0.001, kernel="linear", gamma=None, n_components=2000, max_iter=100,
                  calibration_fraction=0.1, pca=None, random_state=0):
