@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from featcache import heads
 from featcache.cli import main
@@ -48,7 +50,26 @@ def test_every_head_learns_and_is_a_classifier(name, data):
     proba = head.predict_proba(x_test)
     assert proba.shape == (200, 5) and np.allclose(proba.sum(axis=1), 1)
     assert np.array_equal(head.classes_[np.argmax(proba, axis=1)], head.predict(x_test)) or name == "svm"
-    assert clone(head).get_params() == head.get_params()
+    fresh = clone(head)
+    with pytest.raises(NotFittedError):
+        fresh.predict(x_test)
+    assert np.array_equal(fresh.fit(x, y).predict(x_test), head.predict(x_test))
+
+
+# Parameters small enough for the checks' tiny data sets and quick fits, yet enough to learn them.
+CHECKED = {"mlp": {"epochs": 2, "units": 8, "learning_rate": 0.05}, "svm": {}, "logreg": {},
+           "xgboost": {"n_estimators": 5}, "knn": {}}
+EXPECTED_FAILURES = {"knn": {
+    "check_methods_subset_invariance": "float32 features: a cosine distance computed in a batch differs in the "
+                                       "last bits from the same row's alone, and distance weights turn a row's "
+                                       "~1e-7 distance to its own training copy into 1e-6 of probability",
+}}
+
+
+@parametrize_with_checks([heads.make_head(name, **params) for name, params in CHECKED.items()],
+                         expected_failed_checks=lambda head: EXPECTED_FAILURES.get(head.name, {}))
+def test_heads_meet_the_scikit_learn_contract(estimator, check):
+    check(estimator)
 
 
 @pytest.mark.parametrize("name", list(FAST))
@@ -74,8 +95,8 @@ def test_heads_work_inside_sklearn_tools(data):
     pipeline = make_pipeline(FunctionTransformer(np.abs), heads.make_head("knn"))
     assert pipeline.fit(x, y).score(x, y) > 0.9
     search = GridSearchCV(heads.make_head("svm"), {"C": [1e-4, 1e-2]}, cv=3).fit(x, y)
-    assert search.best_params_["C"] in (1e-4, 1e-2)
-    assert heads.make_head("svm").set_params(C=0.5).C == 0.5
+    assert search.best_score_ > 0.9
+    assert heads.make_head("knn").set_params(n_neighbors=1).fit(x, y).score(x, y) == 1.0  # each row finds itself
 
 
 def test_standardisation_is_fitted_on_training_rows_only(monkeypatch):

@@ -11,6 +11,7 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featcache.params import Interval, validate
@@ -38,12 +39,13 @@ class Head(ClassifierMixin, BaseEstimator):
     def fit(self, x, y):
         check_params(self, self.name)
         x, y = validate_data(self, x, y, dtype=np.float32)
+        check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError("a head needs at least 2 classes in its training data")
+            raise ValueError("a head needs at least 2 classes in its training data, got one class")
         front = [StandardScaler()] + ([PCA(min(self.pca, *x.shape), random_state=self.random_state)] if self.pca else [])
         self.front_ = make_pipeline(*front).fit(x)
-        self._fit(self.front_.transform(x).astype(np.float32), codes)
+        self._fit(self._transform(x), codes)
         return self
 
     def predict_proba(self, x) -> np.ndarray:
@@ -51,12 +53,19 @@ class Head(ClassifierMixin, BaseEstimator):
         return proba / proba.sum(axis=1, keepdims=True)  # float32 sums drift from 1 by more than metrics allow
 
     def predict(self, x) -> np.ndarray:
-        return self.classes_[np.argmax(self._scores(self._front(x)), axis=1)]
+        scores = self._scores(self._front(x))
+        return self.classes_[np.argmax(scores, axis=1)]
 
     def _front(self, x) -> np.ndarray:
         check_is_fitted(self)
-        x = validate_data(self, x, dtype=np.float32, reset=False)
-        return self.front_.transform(x).astype(np.float32)
+        return self._transform(validate_data(self, x, dtype=np.float32, reset=False))
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        """The fitted front on float32 rows. The PCA projection sums in float64 and rounds once: in float32
+        a row's projection would change in the last bit with the rows batched alongside it."""
+        scaler, *pca = (step for _, step in self.front_.steps)
+        z = scaler.transform(x).astype(np.float32, copy=False)
+        return pca[0].transform(z.astype(np.float64)).astype(np.float32) if pca else z
 
     def _fit(self, z: np.ndarray, codes: np.ndarray) -> None:
         raise NotImplementedError

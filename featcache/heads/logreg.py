@@ -30,6 +30,7 @@ class LogisticRegressionHead(Head):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol).fit(z, codes)
+        self.n_iter_ = int(self.model_.n_iter_.max())
 
     def _scores(self, z):
         return self.model_.predict_proba(z)
