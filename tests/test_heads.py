@@ -175,6 +175,16 @@ def test_bad_parameters_are_named(name, params, message):
         heads.make_head(name, **params)
 
 
+def test_heads_are_named_and_checked_outside_make_head():
+    from sklearn.linear_model import LogisticRegression
+
+    head = heads.make_head("svm").set_params(C=0)
+    assert heads.name_of(head) == "svm" and heads.name_of(LogisticRegression()) == "LogisticRegression"
+    with pytest.raises(ParameterError, match=re.escape("svm: C=0 must be a number > 0")):
+        heads.check_params(head)
+    heads.check_params(LogisticRegression(C=-1))  # no parameter_rules: nothing to check here
+
+
 def test_bad_parameter_set_later_fails_at_fit(data):
     (x, y), _ = data
     with pytest.raises(ParameterError, match=re.escape("logreg: C=0 must be a number > 0")):
@@ -216,6 +226,7 @@ def test_third_party_head_plugs_in_through_an_entry_point(tmp_path, monkeypatch,
     assert "centroid" in heads.available_heads()
     (x, y), (x_test, y_test) = data
     head = heads.make_head("centroid", shrink=0.1).fit(x, y)
+    assert heads.name_of(head) == "centroid"
     assert np.mean(head.predict(x_test) == y_test) > 0.9
     with pytest.raises(FeatcacheError, match="has no parameter 'C'"):
         heads.make_head("centroid", C=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 import joblib
 
 from featcache.errors import FeatcacheError
-from featcache.heads.base import check_params
+from featcache.heads import base
 from featcache.heads.knn import KNNHead
 from featcache.heads.logreg import LogisticRegressionHead
 from featcache.heads.mlp import MLPHead
@@ -54,6 +54,20 @@ def get_head_class(name: str):
     return head_class
 
 
+def name_of(head) -> str:
+    """The name ``head``'s class is registered under (built in or plugged in), else the class name."""
+    head_class = type(head)
+    names = {registered: name for name, registered in BUILT_IN.items()}
+    plugged = (name for name, ep in _plugged_in().items()
+               if (ep.module, ep.attr) == (head_class.__module__, head_class.__qualname__))
+    return names.get(head_class) or next(plugged, head_class.__name__)
+
+
+def check_params(head) -> None:
+    """Raise a ParameterError naming the head and the first parameter that breaks its ``parameter_rules``."""
+    base.check_params(head, name_of(head))
+
+
 def make_head(name: str, **params):
     """A new head with these parameters, checked: an unknown name or a bad value is a FeatcacheError
     (a bad value: a ParameterError)."""
@@ -63,7 +77,7 @@ def make_head(name: str, **params):
     if unknown:
         raise FeatcacheError(f"head {name!r} has no parameter {unknown[0]!r}: it takes {', '.join(known)}")
     head = head_class(**params)
-    check_params(head, name)
+    base.check_params(head, name)
     return head
 
 
