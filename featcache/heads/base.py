@@ -1,4 +1,4 @@
-"""What the built-in heads share: parameter checks, the scaler (+ optional PCA) front, a validation slice.
+"""What the built-in heads share: parameter rules, the scaler (+ optional PCA) front, a validation slice.
 
 Every head standardises its features (and optionally projects them with PCA) inside ``fit``, so
 the front is fitted on the training rows alone: in cross-validation the held-out fold never
@@ -11,78 +11,41 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featcache.params import Interval, validate
 
-# Rules: each takes a value and returns what it must be when it is wrong, else None.
-def positive(value):
-    return None if _is_number(value) and value > 0 else "a number above 0"
-
-
-def positive_int(value):
-    return None if _is_int(value) and value > 0 else "an integer above 0"
+POSITIVE = Interval(float, 0, None, closed="neither")
+POSITIVE_INT = Interval(int, 1, None)
+FRACTION = Interval(float, 0, 1, closed="neither")
 
 
-def fraction(value):
-    return None if _is_number(value) and 0 < value < 1 else "a number between 0 and 1 (exclusive)"
-
-
-def rate(value):
-    return None if _is_number(value) and 0 <= value < 1 else "a number in [0, 1)"
-
-
-def share(value):
-    return None if _is_number(value) and 0 < value <= 1 else "a number in (0, 1]"
-
-
-def any_int(value):
-    return None if _is_int(value) else "an integer"
-
-
-def one_of(*choices):
-    def rule(value):
-        return None if value in choices else "one of " + ", ".join(map(str, choices))
-    return rule
-
-
-def optional(rule):
-    def check(value):
-        return None if value is None else (rule(value) and f"none or {rule(value)}")
-    return check
-
-
-def _is_number(value):
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def check_params(head, owner: str) -> None:
+    """Raise ParameterError naming ``owner`` and the first parameter that breaks the head's ``parameter_rules``."""
+    validate(head.get_params(deep=False), getattr(head, "parameter_rules", {}), owner)
 
 
 class Head(ClassifierMixin, BaseEstimator):
-    """Base of the built-in heads. Subclasses set ``rules`` and implement ``_fit`` and ``_scores``.
+    """Base of the built-in heads. Subclasses set ``name``, extend ``parameter_rules`` and implement
+    ``_fit`` and ``_scores``.
 
     ``pca``: the number of principal components kept after standardisation (None keeps every feature).
     """
 
-    rules: dict = {}
-
-    def check_params(self) -> None:
-        """Raise ValueError naming the first parameter whose value breaks its rule."""
-        for name, rule in {"pca": optional(positive_int), "random_state": any_int, **self.rules}.items():
-            problem = rule(getattr(self, name))
-            if problem:
-                raise ValueError(f"{type(self).__name__} parameter {name}={getattr(self, name)!r}: must be {problem}")
+    name = "head"
+    parameter_rules = {"pca": [POSITIVE_INT, None], "random_state": [Interval(int, None, None)]}
 
     def fit(self, x, y):
-        self.check_params()
+        check_params(self, self.name)
         x, y = validate_data(self, x, y, dtype=np.float32)
+        check_classification_targets(y)
         self.classes_, codes = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError("a head needs at least 2 classes in its training data")
+            raise ValueError("a head needs at least 2 classes in its training data, got one class")
         front = [StandardScaler()] + ([PCA(min(self.pca, *x.shape), random_state=self.random_state)] if self.pca else [])
         self.front_ = make_pipeline(*front).fit(x)
-        self._fit(self.front_.transform(x).astype(np.float32), codes)
+        self._fit(self._transform(x), codes)
         return self
 
     def predict_proba(self, x) -> np.ndarray:
@@ -90,12 +53,19 @@ class Head(ClassifierMixin, BaseEstimator):
         return proba / proba.sum(axis=1, keepdims=True)  # float32 sums drift from 1 by more than metrics allow
 
     def predict(self, x) -> np.ndarray:
-        return self.classes_[np.argmax(self._scores(self._front(x)), axis=1)]
+        scores = self._scores(self._front(x))
+        return self.classes_[np.argmax(scores, axis=1)]
 
     def _front(self, x) -> np.ndarray:
         check_is_fitted(self)
-        x = validate_data(self, x, dtype=np.float32, reset=False)
-        return self.front_.transform(x).astype(np.float32)
+        return self._transform(validate_data(self, x, dtype=np.float32, reset=False))
+
+    def _transform(self, x: np.ndarray) -> np.ndarray:
+        """The fitted front on float32 rows. The PCA projection sums in float64 and rounds once: in float32
+        a row's projection would change in the last bit with the rows batched alongside it."""
+        scaler, *pca = (step for _, step in self.front_.steps)
+        z = scaler.transform(x).astype(np.float32, copy=False)
+        return pca[0].transform(z.astype(np.float64)).astype(np.float32) if pca else z
 
     def _fit(self, z: np.ndarray, codes: np.ndarray) -> None:
         raise NotImplementedError

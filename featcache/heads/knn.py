@@ -2,13 +2,15 @@
 
 from sklearn.neighbors import KNeighborsClassifier
 
-from featcache.heads.base import Head, one_of, positive_int
+from featcache.heads.base import POSITIVE_INT, Head
+from featcache.params import Options
 
 
 class KNNHead(Head):
     """Standardised features -> k nearest training rows by cosine distance (brute force)."""
 
-    rules = {"n_neighbors": positive_int, "weights": one_of("uniform", "distance")}
+    name = "knn"
+    parameter_rules = Head.parameter_rules | {"n_neighbors": [POSITIVE_INT], "weights": [Options("uniform", "distance")]}
 
     def __init__(self, n_neighbors=10, weights="distance", pca=None, random_state=0):
         self.n_neighbors = n_neighbors

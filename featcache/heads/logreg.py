@@ -5,7 +5,7 @@ import warnings
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from featcache.heads.base import Head, positive, positive_int
+from featcache.heads.base import POSITIVE, POSITIVE_INT, Head
 
 
 class LogisticRegressionHead(Head):
@@ -16,7 +16,8 @@ class LogisticRegressionHead(Head):
     accuracy on 2048-wide features, so the convergence warning at the cap is silenced.
     """
 
-    rules = {"C": positive, "max_iter": positive_int, "tol": positive}
+    name = "logreg"
+    parameter_rules = Head.parameter_rules | {"C": [POSITIVE], "max_iter": [POSITIVE_INT], "tol": [POSITIVE]}
 
     def __init__(self, C=0.01, max_iter=200, tol=1e-4, pca=None, random_state=0):
         self.C = C
@@ -29,6 +30,7 @@ class LogisticRegressionHead(Head):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model_ = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol).fit(z, codes)
+        self.n_iter_ = int(self.model_.n_iter_.max())
 
     def _scores(self, z):
         return self.model_.predict_proba(z)

@@ -13,15 +13,18 @@ import numpy as np
 
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featcache.heads.base import Head, fraction, one_of, positive, positive_int, rate, validation_slice
+from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
+from featcache.params import Interval, Options
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 
 
 class MLPHead(Head):
-    rules = {"units": positive_int, "dropout": rate,
-             "epochs": positive_int, "batch_size": positive_int, "learning_rate": positive,
-             "optimizer": one_of(*OPTIMIZERS), "patience": positive_int, "validation_fraction": fraction}
+    name = "mlp"
+    parameter_rules = Head.parameter_rules | {
+        "units": [POSITIVE_INT], "dropout": [Interval(float, 0, 1, closed="left")], "epochs": [POSITIVE_INT],
+        "batch_size": [POSITIVE_INT], "learning_rate": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)],
+        "patience": [POSITIVE_INT], "validation_fraction": [FRACTION]}
 
     def __init__(self, units=1024, dropout=0.5, epochs=30, batch_size=256, learning_rate=1e-3, optimizer="adam",
                  patience=3, validation_fraction=0.1, pca=None, random_state=0):

@@ -7,7 +7,9 @@ A plug-in package declares, in its own metadata::
         myhead = mypackage.module:MyHead
 
 ``MyHead`` must be a scikit-learn classifier (``fit``, ``predict``, ``get_params``, and
-``predict_proba`` or ``decision_function``); its constructor's defaults are its parameters.
+``predict_proba`` or ``decision_function``); its constructor's defaults are its parameters. A
+``parameter_rules`` class attribute (as on the built-in heads, see :mod:`featcache.params`) makes
+:func:`make_head` check the values it is given.
 """
 
 from importlib.metadata import entry_points
@@ -16,14 +18,14 @@ from pathlib import Path
 import joblib
 
 from featcache.errors import FeatcacheError
+from featcache.heads import base
 from featcache.heads.knn import KNNHead
 from featcache.heads.logreg import LogisticRegressionHead
 from featcache.heads.mlp import MLPHead
 from featcache.heads.svm import SVMHead
 from featcache.heads.xgb import XGBoostHead
 
-BUILT_IN = {"mlp": MLPHead, "svm": SVMHead, "logreg": LogisticRegressionHead, "xgboost": XGBoostHead,
-            "knn": KNNHead}
+BUILT_IN = {head.name: head for head in (MLPHead, SVMHead, LogisticRegressionHead, XGBoostHead, KNNHead)}
 ENTRY_POINT_GROUP = "featcache.heads"
 
 
@@ -52,19 +54,30 @@ def get_head_class(name: str):
     return head_class
 
 
+def name_of(head) -> str:
+    """The name ``head``'s class is registered under (built in or plugged in), else the class name."""
+    head_class = type(head)
+    names = {registered: name for name, registered in BUILT_IN.items()}
+    plugged = (name for name, ep in _plugged_in().items()
+               if (ep.module, ep.attr) == (head_class.__module__, head_class.__qualname__))
+    return names.get(head_class) or next(plugged, head_class.__name__)
+
+
+def check_params(head) -> None:
+    """Raise a ParameterError naming the head and the first parameter that breaks its ``parameter_rules``."""
+    base.check_params(head, name_of(head))
+
+
 def make_head(name: str, **params):
-    """A new head with these parameters, checked: an unknown name or a bad value is a FeatcacheError."""
+    """A new head with these parameters, checked: an unknown name or a bad value is a FeatcacheError
+    (a bad value: a ParameterError)."""
     head_class = get_head_class(name)
     known = head_class().get_params(deep=False)
     unknown = [p for p in params if p not in known]
     if unknown:
         raise FeatcacheError(f"head {name!r} has no parameter {unknown[0]!r}: it takes {', '.join(known)}")
     head = head_class(**params)
-    if hasattr(head, "check_params"):
-        try:
-            head.check_params()
-        except ValueError as error:
-            raise FeatcacheError(f"{name}: {error}")
+    base.check_params(head, name)
     return head
 
 

@@ -16,12 +16,15 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.kernel_approximation import Nystroem
 
-from featcache.heads.base import Head, fraction, one_of, optional, positive, positive_int, validation_slice
+from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
+from featcache.params import Options
 
 
 class SVMHead(Head):
-    rules = {"C": positive, "kernel": one_of("linear", "rbf"), "gamma": optional(positive),
-             "n_components": positive_int, "max_iter": positive_int, "calibration_fraction": fraction}
+    name = "svm"
+    parameter_rules = Head.parameter_rules | {
+        "C": [POSITIVE], "kernel": [Options("linear", "rbf")], "gamma": [POSITIVE, None],
+        "n_components": [POSITIVE_INT], "max_iter": [POSITIVE_INT], "calibration_fraction": [FRACTION]}
 
     def __init__(self, C=0.001, kernel="linear", gamma=None, n_components=2000, max_iter=100,
                  calibration_fraction=0.1, pca=None, random_state=0):
@@ -42,14 +45,17 @@ class SVMHead(Head):
             z = self.kernel_map_.fit_transform(z).astype(np.float32)
         n_classes = len(self.classes_)
         fit_rows, calibration_rows = validation_slice(codes, self.calibration_fraction, self.random_state)
-        self.coef_ = squared_hinge_ovr(z[fit_rows], codes[fit_rows], n_classes, self.C, self.max_iter)
+        self.coef_, self.n_iter_ = squared_hinge_ovr(z[fit_rows], codes[fit_rows], n_classes, self.C, self.max_iter)
         self.temperature_ = fit_temperature(affine(z[calibration_rows], self.coef_), codes[calibration_rows])
 
     def decision_function(self, x) -> np.ndarray:
-        return self._decision(self._front(x))
+        """A score per class; with two classes one column, the second class's lead: > 0 where it is predicted."""
+        decision = self._decision(self._front(x))
+        return decision[:, 1] - decision[:, 0] if len(self.classes_) == 2 else decision
 
     def predict(self, x) -> np.ndarray:
-        return self.classes_[np.argmax(self.decision_function(x), axis=1)]
+        decision = self._decision(self._front(x))
+        return self.classes_[np.argmax(decision, axis=1)]
 
     def _decision(self, z):
         if self.kernel == "rbf":
@@ -65,11 +71,12 @@ def affine(z: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return z @ coef[:-1].astype(np.float32) + coef[-1].astype(np.float32)
 
 
-def squared_hinge_ovr(z, codes, n_classes, C, max_iter) -> np.ndarray:
+def squared_hinge_ovr(z, codes, n_classes, C, max_iter) -> tuple[np.ndarray, int]:
     """Minimise sum_k 0.5 |w_k|^2 + C sum_i max(0, 1 - t_ik (w_k . z_i + b_k))^2 for all k at once.
 
     t_ik is +1 for the row's class and -1 otherwise (LinearSVC's one-vs-rest objective, intercept
     unpenalised). Scaled by 1 / (C n) so that L-BFGS tolerances do not depend on n or C.
+    Returns the (d + 1, k) weights and the number of L-BFGS iterations.
     """
     n, d = z.shape
     signs = -np.ones((n, n_classes), dtype=np.float32)
@@ -86,7 +93,7 @@ def squared_hinge_ovr(z, codes, n_classes, C, max_iter) -> np.ndarray:
         return value, gradient.ravel().astype(np.float64)
 
     result = minimize(objective, np.zeros((d + 1) * n_classes), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
-    return result.x.reshape(d + 1, n_classes)
+    return result.x.reshape(d + 1, n_classes), result.nit
 
 
 def fit_temperature(decision: np.ndarray, codes: np.ndarray) -> float:

@@ -11,14 +11,19 @@ import shutil
 
 import numpy as np
 
-from featcache.heads.base import Head, fraction, one_of, optional, positive, positive_int, share, validation_slice
+from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
+from featcache.params import Interval, Options
+
+SHARE = Interval(float, 0, 1, closed="right")
 
 
 class XGBoostHead(Head):
-    rules = {"n_estimators": positive_int, "learning_rate": positive, "max_depth": positive_int,
-             "max_bin": positive_int, "subsample": share, "colsample_bytree": share,
-             "early_stopping_rounds": optional(positive_int), "validation_fraction": fraction,
-             "device": one_of("auto", "cpu", "cuda")}
+    name = "xgboost"
+    parameter_rules = Head.parameter_rules | {
+        "n_estimators": [POSITIVE_INT], "learning_rate": [POSITIVE], "max_depth": [POSITIVE_INT],
+        "max_bin": [POSITIVE_INT], "subsample": [SHARE], "colsample_bytree": [SHARE],
+        "early_stopping_rounds": [POSITIVE_INT, None], "validation_fraction": [FRACTION],
+        "device": [Options("auto", "cpu", "cuda")]}
 
     def __init__(self, n_estimators=200, learning_rate=0.3, max_depth=4, max_bin=64, subsample=0.8,
                  colsample_bytree=0.5, early_stopping_rounds=10, validation_fraction=0.1, device="auto",
