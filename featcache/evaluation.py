@@ -46,8 +46,8 @@ def class_scores(estimator, x, n_classes: int, method: str):
     raw = np.asarray(getattr(estimator, method)(x), dtype=np.float64)
     if raw.ndim == 1:  # binary decision_function: one column, positive class
         raw = np.column_stack([-raw, raw])
-    if method == "predict_proba":
-        return spread_columns(raw, estimator.classes_, n_classes, 0.0)
+    if method == "predict_proba":  # float32 rows can miss 1 by more than log_loss accepts
+        return spread_columns(raw / raw.sum(axis=1, keepdims=True), estimator.classes_, n_classes, 0.0)
     return spread_columns(raw, estimator.classes_, n_classes, raw.min() - 1)
 
 

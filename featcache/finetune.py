@@ -127,7 +127,7 @@ class FinetuneRecipe:
                 outputs = fitted_head(self.config.init_head, n_classes)(features)
             else:
                 hidden = keras.layers.Dropout(self.config.dropout)(features)
-                outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32")(hidden)
+                outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="classifier")(hidden)
         return keras.Model(inputs, outputs, name=f"finetune_{self.spec.name}")
 
     def phases(self) -> list[Phase]:

@@ -126,7 +126,7 @@ def test_fit_end_to_end_from_the_cli(root):
     (["--head", "nosuchhead"], "unknown head"),
     (["--head", "svm", "--param", "nosuchparam=1"], "nosuchparam"),
     (["--label", "nosuchlabel"], "no label set 'nosuchlabel'"),
-    (["--folds", "500"], "class 0 has 5 examples: --folds 500 must be an integer in [2, 5]"),
+    (["--folds", "500"], "class 0 has 10 examples: --folds 500 must be an integer in [2, 10]"),
     (["--folds", "1"], "--folds 1 must be an integer >= 2"),
     (["--jobs", "0"], "--jobs 0 must be an integer >= 1"),
     (["--head", "logreg", "--grid", "C=1,-1"], "logreg: C=-1 must be a number > 0"),

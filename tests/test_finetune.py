@@ -103,7 +103,7 @@ def test_phase_2_trains_only_the_unfrozen_layers(trained, spec):
     weights = [path for path in begin if not path.startswith("seed_generator")]  # dropout's random state
     changed = {path for path in weights if not np.array_equal(begin[path], end[path])}
     layer_of = {path: path.split("/")[-2] for path in weights}
-    assert {layer_of[path] for path in changed} == top_block | {"dense"}  # every one of them, and only those
+    assert {layer_of[path] for path in changed} == top_block | {"classifier"}  # every one of them, and only those
 
 
 def test_batchnorm_statistics_never_change(trained):

@@ -14,9 +14,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from featcache import heads
+from conftest import write_cache
+
+from featcache import cv, evaluation, heads
 from featcache.cli import main
-from featcache import cv
 from featcache.errors import FeatcacheError, ParameterError
 
 FAST = {"mlp": {"epochs": 10, "units": 64, "batch_size": 32}, "svm": {}, "logreg": {}, "xgboost": {"n_estimators": 30, "pca": 8},
@@ -31,10 +32,9 @@ def blobs(n=300, classes=5, dim=24, seed=0, shift=0.0):
     return (centres[y] + rng.normal(size=(n, dim)) + shift).astype(np.float32), y
 
 
-def features_of(x, y):
-    """cv.Features without a cache file: only the class names are read from it."""
-    fake_cache = type("Cache", (), {"class_names": {"label": [f"c{i}" for i in range(y.max() + 1)]}})()
-    return cv.Features(fake_cache, "label", x, y, None, None)
+def features_of(x, y, root):
+    """cv.Features of a real cache file holding (x, y)."""
+    return cv.load_features(write_cache(root, x, y))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_heads_work_inside_sklearn_tools(data):
     assert heads.make_head("knn").set_params(n_neighbors=1).fit(x, y).score(x, y) == 1.0  # each row finds itself
 
 
-def test_standardisation_is_fitted_on_training_rows_only(monkeypatch):
+def test_standardisation_is_fitted_on_training_rows_only(monkeypatch, root):
     """Row ids ride along in column 0: the scaler of each fold must never see a held-out id."""
     import featcache.heads.base
 
@@ -113,10 +113,11 @@ def test_standardisation_is_fitted_on_training_rows_only(monkeypatch):
             return super().fit(z, y, sample_weight)
 
     monkeypatch.setattr(featcache.heads.base, "StandardScaler", SpyScaler)
-    folds = cv.fold_indices(y, 4, seed=0)
+    folds = evaluation.fold_indices(y, 4, seed=0)
+    features = features_of(x, y, root)
     for name in ("logreg", "knn"):
         seen.clear()
-        cv.cross_validate_head(name, {}, {}, features_of(x, y), folds)
+        cv.cross_validate_head(heads.make_head(name), {}, features, folds)
         assert len(seen) == 4
         for rows_seen, (train, held_out) in zip(seen, folds):
             assert rows_seen == set(train) and not rows_seen & set(held_out)
@@ -230,7 +231,8 @@ def test_third_party_head_plugs_in_through_an_entry_point(tmp_path, monkeypatch,
     assert np.mean(head.predict(x_test) == y_test) > 0.9
     with pytest.raises(FeatcacheError, match="has no parameter 'C'"):
         heads.make_head("centroid", C=1)
-    fold_metrics, _ = cv.cross_validate_head("centroid", {}, {}, features_of(x, y), cv.fold_indices(y, 3, 0))
+    fold_metrics, _ = cv.cross_validate_head(heads.make_head("centroid"), {}, features_of(x, y, root),
+                                             evaluation.fold_indices(y, 3, 0))
     assert min(m["accuracy"] for m in fold_metrics) > 0.9 and fold_metrics[0]["log_loss"] is None
     listed = CliRunner().invoke(main, ["heads"])
     assert "centroid" in listed.output and "shrink=0.0" in listed.output

@@ -37,7 +37,8 @@ def fitted(tmp_path_factory, small_spec):
     dataset = load_dataset(f"folder:{base / 'images'}")
     cache = FeatureCache(extract(dataset, spec, root, progress=False).path)
     features = cv.load_features(cache)
-    saved = cv.fit_heads(["logreg", "mlp"], features, params={}, folds=2, root=root, progress=False)
+    estimators = {name: heads.make_head(name) for name in ("logreg", "mlp")}
+    saved = cv.fit_heads(estimators, features, folds=2, root=root, progress=False)
     split = cache.splits[0]
     paths = [str(p) for p in dataset.splits[split].images.paths]
     return {"root": root, "records": {r["head"]: records.load_record(r["id"], root) for r in saved},
@@ -68,12 +69,13 @@ def test_exported_model_loads_in_a_fresh_process_and_agrees(fitted, head_name, f
     assert files | {"manifest.json"} == {p.name for p in folder.iterdir()}
     predicted, _ = all_probabilities(record, [fitted["images"]])
     paths = sorted(predicted)
-    script = ("import json, sys, numpy, featcache; m = featcache.load_model(sys.argv[1]); "
-              "print(json.dumps(m.predict_proba(json.loads(sys.argv[2])).tolist()))")
+    script = ("import json, sys, numpy, featcache; m = featcache.load_model(sys.argv[1]); images = json.loads(sys.argv[2]); "
+              "print(json.dumps([m.predict_proba(images).tolist(), m.predict(images).tolist()]))")
     done = subprocess.run([sys.executable, "-c", script, str(folder), json.dumps(paths)], capture_output=True,
                           text=True, check=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": ""}, cwd=tmp_path)
-    exported = np.array(json.loads(done.stdout.strip().splitlines()[-1]))
-    np.testing.assert_allclose(exported, np.stack([predicted[p] for p in paths]), atol=1e-5)
+    exported, names = json.loads(done.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(np.array(exported), np.stack([predicted[p] for p in paths]), atol=1e-5)
+    assert names == [CLASSES[i] for i in np.argmax(exported, axis=1)]  # class names, as scikit-learn's predict
 
 
 def test_exported_folder_refuses_changed_files(fitted, tmp_path):

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 from featcache.cli import main
 from featcache import records
 from featcache.datasets import load_dataset
+from featcache.errors import FeatcacheError
 from featcache.report import build_report
 from featcache.scratch import scratch
 from featcache.settings import TrainOptions, scratch_settings
