@@ -120,6 +120,14 @@ def backbone_options(command):
     return command
 
 
+def model_defaults(name: str, *models) -> str:
+    """``[default: basic-cnn 50, wrn 200]``: a scratch setting's default for each model, from the library."""
+    from featcache.settings import MODEL_DEFAULTS
+
+    shown = models or MODEL_DEFAULTS
+    return "[default: " + ", ".join(f"{m} {getattr(MODEL_DEFAULTS[m], name)}" for m in shown) + "]"
+
+
 def make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option):
     from featcache.backbones import make_spec
 
@@ -360,12 +368,14 @@ def finetune(obj, backbone, weights, input_size, pooling, alpha, backbone_option
 
 @main.command()
 @click.option("--model", default="basic-cnn", show_default=True, help="basic-cnn or wrn (Wide ResNet).")
-@click.option("--depth", type=int, help="wrn depth, 6n+4  [default: 28]")
-@click.option("--width", type=int, help="wrn width multiplier  [default: 10]")
-@click.option("--dropout", type=float, help="basic-cnn: after each block [0.25]; wrn: inside each block [0].")
-@click.option("--epochs", type=int, help="[default: basic-cnn 50, wrn 200]")
-@click.option("--batch-size", type=int, help="[default: basic-cnn 32, wrn 128]")
-@click.option("--lr", "learning_rate", type=float, help="basic-cnn: Adam [1e-3]; wrn: SGD's initial rate [0.1].")
+@click.option("--depth", type=int, help=f"wrn depth, 6n+4  {model_defaults('depth', 'wrn')}")
+@click.option("--width", type=int, help=f"wrn width multiplier  {model_defaults('width', 'wrn')}")
+@click.option("--dropout", type=float,
+              help=f"basic-cnn: after each block; wrn: inside each block  {model_defaults('dropout')}")
+@click.option("--epochs", type=int, help=model_defaults("epochs"))
+@click.option("--batch-size", type=int, help=model_defaults("batch_size"))
+@click.option("--lr", "learning_rate", type=float,
+              help=f"basic-cnn: Adam's; wrn: SGD's initial rate  {model_defaults('learning_rate')}")
 @click.option("--input-size", type=int, help="Square input size in pixels (default: the dataset's own).")
 @click.option("--augment/--no-augment", default=None, help="Random flips and shifts  [default: augment]")
 @_training_options

@@ -13,6 +13,7 @@ import numpy as np
 
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featcache.evaluation import spread_columns
 from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
 from featcache.params import Interval, Options
 
@@ -73,8 +74,7 @@ class MLPHead(Head):
         """The head as a Keras model whose outputs cover classes 0..n_classes-1 (absent classes get 0)."""
         import keras
 
-        spread = np.zeros((len(self.classes_), n_classes), dtype=np.float32)
-        spread[np.arange(len(self.classes_)), self.classes_] = 1.0
+        spread = spread_columns(np.eye(len(self.classes_)), self.classes_, n_classes, 0.0).astype(np.float32)
         layer = keras.layers.Dense(n_classes, use_bias=False, trainable=False, name="to_all_classes")
         outputs = layer(self.model_.output)
         layer.set_weights([spread])
