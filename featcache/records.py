@@ -160,8 +160,8 @@ def migrate_v1(record: dict) -> dict:
     """featcache-result/1 -> /2: the flat backbone fields become one ``backbone`` dict (BackboneSpec.to_record)."""
     record = {**record, "format": FORMAT}
 
-    def nested(flat: dict) -> dict:
-        out = {k: v for k, v in flat.items() if k not in ("backbone", "backbone_args", "weights", "seed", "pooling")}
+    def nested(flat: dict, moved=("backbone", "backbone_args", "weights", "seed", "pooling", "input_size")) -> dict:
+        out = {k: v for k, v in flat.items() if k not in moved}
         out["backbone"] = {"name": flat["backbone"], "options": flat.get("backbone_args") or {},
                            "input_size": flat["input_size"], "pooling": flat.get("pooling"),
                            "weights": flat.get("weights"), "seed": flat.get("seed", 0)}
@@ -172,7 +172,8 @@ def migrate_v1(record: dict) -> dict:
     if record.get("model"):
         model = record["model"]
         if record.get("kind") == "finetune":
-            record["model"] = {**nested(model), "architecture": None}
+            record["model"] = {**nested(model, moved=("backbone", "backbone_args", "weights", "seed", "pooling")),
+                               "architecture": None}
         else:
             record["model"] = {**{k: v for k, v in model.items() if k not in ("backbone", "backbone_args", "weights",
                                                                               "pooling")},

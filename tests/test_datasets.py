@@ -90,7 +90,7 @@ def test_undecodable_file_is_an_error_naming_it_unless_skipped(tmp_path):
     write_images(tmp_path / "b", 2)
     bad = tmp_path / "b" / "broken.png"
     bad.write_bytes(b"not an image")
-    with pytest.raises(FeatcacheError, match="broken.png.*--skip-bad"):
+    with pytest.raises(FeatcacheError, match="broken.png.*skip_bad=True"):
         load_dataset(f"folder:{tmp_path}")
     data = load_dataset(f"folder:{tmp_path}", skip_bad=True)
     assert data.skipped == [str(bad)] and len(data.splits["all"].images) == 4
@@ -122,7 +122,7 @@ def test_digits_and_synthetic_are_deterministic():
     ("imagenet", "unknown dataset"),
     ("folder:/nonexistent/path", "does not exist"),
     ("synthetic:colour=red", "unknown synthetic dataset option"),
-    ("tiny-imagenet", "needs --data-dir"),
+    ("tiny-imagenet", "needs data_dir"),
 ])
 def test_bad_dataset_names(name, message):
     with pytest.raises(FeatcacheError, match=message):
