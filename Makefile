@@ -14,12 +14,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 .PHONY: install demo test
 install: $(VENV)/.installed
 
-# The main job end to end on data that ships with scikit-learn (no download):
+# The main job end to end on data that ships with scikit-learn (see `featcache demo --help`):
 # extract features of the 8x8 digits, fit every head in 6-fold CV plus the test split, report.
 demo: install
-	$(FEATCACHE) extract --dataset digits --backbone mobilenetv2 --alpha 0.35 --input-size 32 --weights none
-	$(FEATCACHE) fit --dataset digits --head all --folds 6 --test
-	$(FEATCACHE) report --dataset digits
+	$(FEATCACHE) demo
 
 test: install
 	$(PY) -m pytest -q

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from featcache.backbone_facts import FACTS
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, WeightsUnavailable
 from featcache.files import file_sha256
 from featcache.params import Interval, Options, Rule, check, validate
 
@@ -60,12 +60,12 @@ class Backbone:
     options: dict = field(default_factory=dict)  # extra constructor arguments: name -> Option
 
     def keras_constructor(self):
-        import keras
+        from featcache.backend import keras
 
         return getattr(keras.applications, self.constructor)
 
     def preprocess_input(self):
-        import keras
+        from featcache.backend import keras
 
         return getattr(keras.applications, self.module).preprocess_input
 
@@ -208,7 +208,7 @@ def weights_sha256(spec: BackboneSpec) -> str | None:
 
 def build_feature_model(spec: BackboneSpec):
     """The Keras model mapping preprocessed float images (size x size x 3) to pooled features."""
-    import keras
+    from featcache.backend import keras, keras_output_hidden
 
     backbone = spec.backbone
     options = dict(spec.options)
@@ -216,12 +216,13 @@ def build_feature_model(spec: BackboneSpec):
     constructor = backbone.keras_constructor()
     if spec.weights == "imagenet":
         try:
-            return constructor(include_top=False, weights="imagenet", input_shape=shape,
-                               pooling=spec.pooling, **options)
+            with keras_output_hidden():  # Keras prints its download progress on stdout
+                return constructor(include_top=False, weights="imagenet", input_shape=shape,
+                                   pooling=spec.pooling, **options)
         except Exception as exc:  # Keras raises plain Exception on a failed download
             if imagenet_weights_path(spec).is_file():
                 raise
-            raise FeatcacheError(
+            raise WeightsUnavailable(
                 f"cannot download {spec.name} ImageNet weights ({type(exc).__name__}): put "
                 f"{imagenet_weights_path(spec).name} in {imagenet_weights_path(spec).parent}/ "
                 "(or set KERAS_HOME), or give a weights file as weights=PATH"

@@ -10,8 +10,6 @@ import inspect
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported anywhere
-
 import click
 
 from featcache._version import __version__
@@ -64,6 +62,16 @@ class Group(click.Group):
         except (click.Abort, KeyboardInterrupt):
             click.echo("error: interrupted; rerun the same command to resume", err=True)
             code = 130
+        except OSError as error:  # the file system said no: say which file and why
+            where = f" ({error.filename})" if error.filename else ""
+            click.echo(f"error: {error.strerror or error}{where}: free space or fix permissions, then rerun", err=True)
+            code = 1
+        except Exception as error:  # a bug: one line, and the traceback with --verbose
+            if os.environ.get("FEATCACHE_VERBOSE"):
+                raise
+            click.echo(f"error: unexpected {type(error).__name__}: {error} (rerun with --verbose for the traceback "
+                       "and report it)", err=True)
+            code = 1
         if standalone_mode:
             sys.exit(code)
         return code
@@ -139,9 +147,12 @@ def make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_o
 @click.version_option(__version__, prog_name="featcache", message="%(prog)s %(version)s")
 @click.option("--cache-dir", envvar="FEATCACHE_CACHE", type=click.Path(file_okay=False),
               help="Cache root (default ./cache, or $FEATCACHE_CACHE).")
+@click.option("--verbose", is_flag=True, help="Also show TensorFlow's own log lines.")
 @click.pass_context
-def main(ctx, cache_dir):
+def main(ctx, cache_dir, verbose):
     """Extract pretrained-backbone features once, then fit and compare heads on them."""
+    if verbose:
+        os.environ["FEATCACHE_VERBOSE"] = "1"  # read when featcache.backend first loads Keras
     ctx.obj = {"root": cache_dir}
 
 
@@ -176,6 +187,18 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
         click.echo(f"skipped {len(result.skipped)} undecodable files:")
         for path in result.skipped:
             click.echo(f"  {path}")
+
+
+@main.command()
+@click.pass_obj
+def demo(obj):
+    """The whole job on scikit-learn's bundled digits: extract, every head in 6-fold CV + test, report."""
+    from featcache.demo import run_demo
+
+    _, _, built = run_demo(obj["root"], say=lambda line: click.echo(line, err=True))
+    click.echo(built.text)
+    click.echo(f"report: {built.markdown}")
+    click.echo(f"        {built.html}")
 
 
 @main.command()
@@ -270,7 +293,7 @@ def cache_rm(obj, refs):
 @click.option("--grid", multiple=True, metavar="NAME=V1,V2", callback=key_lists,
               help="Values to choose from by inner CV on each training fold (repeatable).")
 @click.option("--test", is_flag=True, help="Also score the head refitted on all training data on the test split.")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: one per core).")
 @click.pass_obj
 def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, params, grid, test, jobs):
     """Fit heads on cached features with stratified k-fold cross-validation."""
@@ -359,10 +382,12 @@ def finetune(obj, backbone, weights, input_size, pooling, alpha, backbone_option
     settings = FinetuneSettings(epochs=epochs, finetune_epochs=finetune_epochs, unfreeze=unfreeze,
                                 learning_rate=learning_rate, finetune_learning_rate=finetune_learning_rate,
                                 batch_size=batch_size, augment=augment)
+    options = TrainOptions(folds, seed, val_split, patience)
+    settings.check()  # both before the dataset is read
+    options.check()
     init_head = load_record(init_head_ref, obj["root"]) if init_head_ref else None
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
-    record = run_finetune(data, spec, settings, label_set, TrainOptions(folds, seed, val_split, patience),
-                          obj["root"], resume, init_head=init_head)
+    record = run_finetune(data, spec, settings, label_set, options, obj["root"], resume, init_head=init_head)
     _print_results([record])
 
 
@@ -390,9 +415,10 @@ def scratch(obj, model, depth, width, dropout, epochs, batch_size, learning_rate
     settings = scratch_settings(model, depth=depth, width=width, dropout=dropout, epochs=epochs,
                                 batch_size=batch_size, learning_rate=learning_rate, input_size=input_size,
                                 augment=augment)
+    options = TrainOptions(folds, seed, val_split, patience)
+    options.check()  # before the dataset is read
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
-    record = run_scratch(data, settings, label_set, TrainOptions(folds, seed, val_split, patience), obj["root"],
-                         resume)
+    record = run_scratch(data, settings, label_set, options, obj["root"], resume)
     _print_results([record])
 
 

@@ -20,7 +20,7 @@ from featcache import heads, records
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
-from featcache.params import Interval, check
+from featcache.params import Interval, Options, check
 
 INNER_FOLDS = 3  # folds of the grid search inside each training fold
 
@@ -90,7 +90,9 @@ def cross_validate_head(estimator, grid, features: Features, folds, jobs: int = 
     from joblib import Parallel, delayed
 
     x, y, n_classes = features.x_train, features.y_train, len(features.class_names)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cores = os.cpu_count() or 1
+    jobs = cores if jobs == -1 else jobs
+    threads = max(1, cores // jobs)
     tasks = (delayed(_run_fold)(estimator, grid, x, y, tr, te, n_classes, i, threads)
              for i, (tr, te) in enumerate(folds))
     fold_metrics, out_of_fold = [], np.empty_like(y)
@@ -120,12 +122,13 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     """Cross-validate each head, refit it on the whole training split, save it; return the records.
 
     ``estimators``: scikit-learn classifiers (``{name: estimator}`` or a list), cloned for every fit;
-    ``grid``: {parameter: values} chosen by inner CV on each training fold.
+    ``grid``: {parameter: values} chosen by inner CV on each training fold; ``jobs``: folds fitted in parallel
+    (-1: one per core, as in joblib).
     """
     from tqdm import tqdm
 
     named = named_heads(estimators)
-    check("jobs", jobs, [Interval(int, 1, None)])
+    check("jobs", jobs, [Options(-1), Interval(int, 1, None)])
     for estimator in named.values():
         heads.check_params(estimator)
         check_grid(estimator, grid)

@@ -165,7 +165,7 @@ def load_cifar(name: str, data_dir=None) -> Dataset:
 
 def _keras_cifar_folder(name: str) -> Path:
     """Let keras.datasets download and unpack CIFAR, then read its unpacked python files ourselves."""
-    import keras
+    from featcache.backend import keras
 
     try:
         getattr(keras.datasets, name).load_data()

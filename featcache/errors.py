@@ -19,3 +19,7 @@ class ParameterError(FeatcacheError, ValueError):
     def describe(self, named: str) -> str:
         """The message with the parameter shown as ``named`` (e.g. ``--batch-size 100``)."""
         return f"{self.owner + ': ' if self.owner else ''}{named} must be {self.requirement}"
+
+
+class WeightsUnavailable(FeatcacheError):
+    """Pretrained weights that are neither on disk nor downloadable (offline, or a blocked host)."""

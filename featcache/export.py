@@ -47,7 +47,7 @@ def affine_preprocessing(spec: BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def image_model(spec: BackboneSpec):
     """uint8 images of any size -> resize -> preprocessing -> backbone features, as one Keras model."""
-    import keras
+    from featcache.backend import keras
 
     kernel, bias = affine_preprocessing(spec)
     images = keras.Input((None, None, 3), dtype="uint8", name="images")
@@ -62,7 +62,7 @@ def image_model(spec: BackboneSpec):
 
 def export(record: dict, out_dir: Path) -> Path:
     """Write the record's model as a self-contained folder; return the folder."""
-    import keras
+    from featcache.backend import keras
 
     spec, head = feature_spec(record), load_head(record)
     out_dir = Path(out_dir)
@@ -103,7 +103,7 @@ class ExportedModel:
     """
 
     def __init__(self, folder):
-        import keras
+        from featcache.backend import keras
 
         self.folder = Path(folder)
         manifest_file = self.folder / MANIFEST

@@ -85,7 +85,8 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
 
 def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> int:
     """Compute every chunk not already on disk; return the number of images computed."""
-    import tensorflow as tf
+    from featcache.backend import tensorflow
+    tf = tensorflow()
     from tqdm import tqdm
 
     # One trace for every batch size: a retrace of a big backbone for the last, smaller batch takes seconds.

@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import keras
+from featcache.backend import keras
 
 from featcache import records
 from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256

@@ -15,7 +15,8 @@ def image_batches(images, start: int, stop: int, batch_size: int, size: int, tra
     can only be stacked once resized. Both resize with the same TensorFlow bilinear op.
     """
     import numpy as np
-    import tensorflow as tf
+    from featcache.backend import tensorflow
+    tf = tensorflow()
 
     def numpy_source(read, rank):
         def load(index):

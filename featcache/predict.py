@@ -139,7 +139,7 @@ def head_on_features(record: dict, batch_size: int, n_classes: int):
 def trained_model(record: dict, batch_size: int):
     """The same pair for a finetune or scratch record's saved model: images resized to its input size, then
     the backbone's preprocessing (finetune) or none (scratch models standardise their input themselves)."""
-    import keras
+    from featcache.backend import keras
 
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: train it again")

@@ -15,7 +15,7 @@ layer inside the model, so the saved model takes raw 0-255 pixels).
 
 from dataclasses import asdict
 
-import keras
+from featcache.backend import keras
 import numpy as np
 
 from featcache.datasets import Dataset

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import keras
+from featcache.backend import keras
 import numpy as np
 
 from featcache import paths, records
@@ -136,7 +136,8 @@ def native_size(images) -> int:
 
 def labelled_batches(images, labels: np.ndarray, rows: np.ndarray, batch_size: int, size: int, transform):
     """(images, labels) batches of ``rows`` in order, images read and transformed lazily."""
-    import tensorflow as tf
+    from featcache.backend import tensorflow
+    tf = tensorflow()
 
     x = image_batches(Subset(images, rows), 0, len(rows), batch_size, size, transform)
     y = tf.data.Dataset.from_tensor_slices(labels[rows]).batch(batch_size)
@@ -201,7 +202,8 @@ def validation_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed
 
 
 def gpu_present() -> bool:
-    import tensorflow as tf
+    from featcache.backend import tensorflow
+    tf = tensorflow()
 
     return bool(tf.config.list_physical_devices("GPU"))
 

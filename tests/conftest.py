@@ -66,3 +66,16 @@ def write_cache(root: Path, x, y, x_test=None, y_test=None, class_names=None, sp
     cache.write_cache_file(path, partial, splits, {"label": class_names}, provenance, "float32")
     partial.remove()
     return cache.FeatureCache(path)
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """An empty KERAS_HOME for the test, for featcache and for a Keras imported earlier in the session
+    (Keras reads $KERAS_HOME once, when it is imported)."""
+    import featcache.backend
+
+    path = tmp_path / "keras-home"
+    (path / "models").mkdir(parents=True)
+    monkeypatch.setenv("KERAS_HOME", str(path))
+    monkeypatch.setattr(featcache.backend.keras.src.backend.config, "_KERAS_DIR", str(path))
+    return path

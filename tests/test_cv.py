@@ -128,7 +128,7 @@ def test_fit_end_to_end_from_the_cli(root):
     (["--label", "nosuchlabel"], "no label set 'nosuchlabel'"),
     (["--folds", "500"], "class 0 has 10 examples: --folds 500 must be an integer in [2, 10]"),
     (["--folds", "1"], "--folds 1 must be an integer >= 2"),
-    (["--jobs", "0"], "--jobs 0 must be an integer >= 1"),
+    (["--jobs", "0"], "--jobs 0 must be -1 or an integer >= 1"),
     (["--head", "logreg", "--grid", "C=1,-1"], "logreg: C=-1 must be a number > 0"),
     (["--head", "logreg", "--param", "C"], "'C' must look like NAME=VALUE"),
 ])

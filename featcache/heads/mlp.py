@@ -41,7 +41,7 @@ class MLPHead(Head):
         self.random_state = random_state
 
     def _fit(self, z, codes):
-        import keras
+        from featcache.backend import keras
 
         keras.utils.set_random_seed(self.random_state)  # weights, dropout and shuffling: same seed, same head
         net = keras.Sequential([
@@ -72,7 +72,7 @@ class MLPHead(Head):
 
     def to_keras(self, n_classes: int):
         """The head as a Keras model whose outputs cover classes 0..n_classes-1 (absent classes get 0)."""
-        import keras
+        from featcache.backend import keras
 
         spread = spread_columns(np.eye(len(self.classes_)), self.classes_, n_classes, 0.0).astype(np.float32)
         layer = keras.layers.Dense(n_classes, use_bias=False, trainable=False, name="to_all_classes")
@@ -90,7 +90,7 @@ class MLPHead(Head):
 
     @classmethod
     def load(cls, path: Path) -> "MLPHead":
-        import keras
+        from featcache.backend import keras
 
         path = Path(path)
         state = json.loads(path.with_suffix(".json").read_text())
@@ -108,7 +108,7 @@ def with_front(net, front):
     features of tiny variance (those of a random-weights backbone), so it only centres here and
     the division by the scale is folded into the next layer's kernel, exactly.
     """
-    import keras
+    from featcache.backend import keras
 
     scaler, pca = front.steps[0][1], (front.steps[1][1] if len(front.steps) > 1 else None)
     features = keras.Input((len(scaler.mean_),), name="features")
@@ -128,7 +128,7 @@ def with_front(net, front):
 
 
 def _dense(x, kernel, bias, activation, name):
-    import keras
+    from featcache.backend import keras
 
     layer = keras.layers.Dense(kernel.shape[1], activation=activation, name=name)
     out = layer(x)
