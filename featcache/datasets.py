@@ -11,9 +11,15 @@ Dataset names understood by :func:`load_dataset`:
     folder:PATH             class sub-folders, optionally under train/ and test/
     digits                  scikit-learn's bundled 8x8 digits (no download)
     synthetic               deterministic coloured patterns for tests (synthetic:n=200,classes=4,size=32)
+
+Image files are decoded by :func:`decode_image` alone: as a viewer shows them (EXIF orientation
+applied), transparency composited on white, 16-bit images scaled to 8 bits. Pillow refuses images
+over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (a guard against decompression bombs); the environment
+variable FEATCACHE_MAX_IMAGE_PIXELS, when set, replaces that limit (0: no limit).
 """
 
 import hashlib
+import os
 import pickle
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +32,7 @@ import numpy as np
 from featcache.errors import FeatcacheError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+PIXEL_LIMIT_VARIABLE = "FEATCACHE_MAX_IMAGE_PIXELS"
 
 
 class ArrayImages:
@@ -47,7 +54,7 @@ class ArrayImages:
 
 
 class FileImages:
-    """Image files decoded on demand (as RGB, at their native size) by PIL.
+    """Image files decoded on demand (as RGB, at their native size) by :func:`decode_image`.
 
     Resizing is left to the extraction pipeline, which uses one resize (TensorFlow's bilinear)
     for every source, so the same image gives the same features whichever way it arrives.
@@ -65,10 +72,7 @@ class FileImages:
         return np.stack([self.read_one(i) for i in range(start, stop)])
 
     def read_one(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return decode_image(self.paths[index])
 
     def fingerprint(self) -> str:
         digest = hashlib.blake2b(digest_size=16)
@@ -165,7 +169,7 @@ def load_cifar(name: str, data_dir=None) -> Dataset:
 
 def _keras_cifar_folder(name: str) -> Path:
     """Let keras.datasets download and unpack CIFAR, then read its unpacked python files ourselves."""
-    import keras
+    from featcache.backend import keras
 
     try:
         getattr(keras.datasets, name).load_data()
@@ -289,29 +293,64 @@ def _file_dataset(name, files, class_names, skip_bad) -> Dataset:
     return Dataset(name, splits, class_names, skipped)
 
 
+class ImageError(FeatcacheError):
+    """An image file that cannot be used (``skip_bad`` leaves such files out)."""
+
+
 def open_images(paths: list[Path], skip_bad: bool = False) -> tuple[FileImages, list[int], list[str]]:
     """Check every file decodes (in parallel): an undecodable one is an error naming it, or with
     ``skip_bad`` is left out. Returns the images, the indices of the kept paths, and the skipped paths."""
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = list(pool.map(_decoded_size, paths))
-    bad = [str(p) for p, size in zip(paths, sizes) if size is None]
+    bad = [(str(p), size) for p, size in zip(paths, sizes) if isinstance(size, ImageError)]
     if bad and not skip_bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise FeatcacheError(f"cannot decode image {bad[0]}{more}: fix or remove it, or leave such files out with skip_bad=True")
-    kept = [i for i, size in enumerate(sizes) if size is not None]
-    return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, bad
+        more = f" ({len(bad) - 1} more files cannot be used either)" if len(bad) > 1 else ""
+        raise FeatcacheError(f"{bad[0][1]}, or leave such files out with skip_bad=True{more}")
+    kept = [i for i, size in enumerate(sizes) if not isinstance(size, ImageError)]
+    return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, [path for path, _ in bad]
 
 
 def _decoded_size(path: Path):
-    """The image's (width, height) if it fully decodes, else None."""
-    from PIL import Image
+    """The image's decoded (height, width), or the :class:`ImageError` saying why it cannot be used."""
+    try:
+        return decode_image(path).shape[:2]
+    except ImageError as exc:
+        return exc
 
+
+def decode_image(path) -> np.ndarray:
+    """The image file as a uint8 (height, width, 3) RGB array, as an image viewer shows it.
+
+    The EXIF orientation is applied; transparency (RGBA, LA, a palette's or a colour's tRNS) is
+    composited on white; integer images of more than 8 bits (I;16, I) are taken as 16-bit and scaled
+    to 0..255 (v / 257, rounded); every other mode (L, P, CMYK, ...) goes through Pillow's RGB conversion.
+    """
+    from PIL import Image, ImageOps
+
+    limit = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if limit is not None:
+        if not limit.isdigit():
+            raise FeatcacheError(f"{PIXEL_LIMIT_VARIABLE}={limit!r} must be a whole number of pixels (0: no limit)")
+        Image.MAX_IMAGE_PIXELS = int(limit) or None
     try:
         with Image.open(path) as image:
             image.load()
-            return image.size
-    except Exception:
-        return None
+            ImageOps.exif_transpose(image, in_place=True)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"image {path} is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+            f"(Image.MAX_IMAGE_PIXELS): allow it with the environment variable {PIXEL_LIMIT_VARIABLE} "
+            "(a number of pixels, 0 for no limit)"
+        ) from None
+    except Exception:  # Pillow raises many kinds for broken files
+        raise ImageError(f"cannot decode image {path}: fix or remove it") from None
+    if image.mode.startswith("I"):
+        grey = np.clip((np.asarray(image).astype(np.int64) + 128) // 257, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.has_transparency_data:
+        rgba, image = image.convert("RGBA"), Image.new("RGB", image.size, "white")
+        image.paste(rgba, mask=rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 # --- bundled and synthetic --------------------------------------------------------------------
