@@ -1,6 +1,6 @@
 """Dataset loaders: every loader returns a :class:`Dataset` of uint8 RGB images and integer labels.
 
-A dataset has splits ("train", "test", or "all" for folders without a split), each with an
+A dataset has splits ("train", "test", "val", or "all" for folders without a split), each with an
 image source and one or more label sets (CIFAR-100 has "fine" and "coarse"; the others "label").
 Image sources are read batch by batch, so a folder of 100,000 photos is never held in memory.
 
@@ -8,7 +8,7 @@ Dataset names understood by :func:`load_dataset`:
 
     cifar10, cifar100       keras.datasets, or a local copy in the python format (--data-dir)
     tiny-imagenet           a local tiny-imagenet-200 tree (--data-dir)
-    folder:PATH             class sub-folders, optionally under train/ and test/
+    folder:PATH             class sub-folders, optionally under train/, test/ and val/ (see load_folder)
     digits                  scikit-learn's bundled 8x8 digits (no download)
     synthetic               deterministic coloured patterns for tests (synthetic:n=200,classes=4,size=32)
 
@@ -32,6 +32,7 @@ import numpy as np
 from featcache.errors import FeatcacheError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VAL_FOLDERS = ("val", "valid", "validation")  # names published sets give their validation split
 PIXEL_LIMIT_VARIABLE = "FEATCACHE_MAX_IMAGE_PIXELS"
 
 
@@ -93,7 +94,8 @@ class Dataset:
     name: str
     splits: dict[str, Split]
     class_names: dict[str, list[str]]  # label set name -> class names, indexed by label
-    skipped: list[str] = field(default_factory=list)  # undecodable files left out (with --skip-bad)
+    skipped: list[str] = field(default_factory=list)  # undecodable files left out (with skip_bad)
+    notes: list[str] = field(default_factory=list)  # warnings for the user, e.g. sub-folders left out
 
     @property
     def label_sets(self) -> list[str]:
@@ -233,11 +235,17 @@ def _read_cifar(name: str, source) -> Dataset:
 
 
 def load_folder(path, skip_bad: bool = False) -> Dataset:
-    """Class sub-folders of images, either directly under PATH or under PATH/train and PATH/test."""
+    """Class sub-folders of images, either directly under PATH (one split "all") or under split folders.
+
+    The split folders are train/ and test/, and next to train/ a validation folder (val/, valid/ or
+    validation/): without test/ it is the held-out split, named "test" so every stage uses it as one;
+    with test/ it is a split of its own, "val". Other sub-folders beside split folders are left out,
+    each named in the dataset's ``notes``.
+    """
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FeatcacheError(f"dataset folder {root} does not exist")
-    split_roots = {s: root / s for s in ("train", "test") if (root / s).is_dir()} or {"all": root}
+    split_roots, notes = _split_folders(root)
     class_names = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
     if not class_names:
         raise FeatcacheError(f"{root} has no class sub-folders: expected {root}/<class>/<image files>")
@@ -248,7 +256,24 @@ def load_folder(path, skip_bad: bool = False) -> Dataset:
     for split, entries in files.items():
         if not entries:
             raise FeatcacheError(f"{split_roots[split]} holds no image files")
-    return _file_dataset(f"folder:{root.name}", files, {"label": class_names}, skip_bad)
+    dataset = _file_dataset(f"folder:{root.name}", files, {"label": class_names}, skip_bad)
+    dataset.notes += notes
+    return dataset
+
+
+def _split_folders(root: Path) -> tuple[dict[str, Path], list[str]]:
+    """Split name -> its folder (see :func:`load_folder`), and a note naming sub-folders left out."""
+    folders = {d.name: d for d in sorted(root.iterdir()) if d.is_dir()}
+    splits = {s: folders[s] for s in ("train", "test") if s in folders}
+    if not splits:
+        return {"all": root}, []
+    val = next((folders[n] for n in VAL_FOLDERS if n in folders and "train" in splits), None)
+    if val:
+        splits["val" if "test" in splits else "test"] = val
+    ignored = [name for name, folder in folders.items() if folder not in splits.values()]
+    notes = [f"left out sub-folders of {root}: {', '.join(ignored)} "
+             f"(the split folders are train, test and one of {', '.join(VAL_FOLDERS)})"]
+    return splits, notes if ignored else []
 
 
 def load_tiny_imagenet(data_dir, skip_bad: bool = False) -> Dataset:

@@ -129,6 +129,22 @@ def test_bad_dataset_names(name, message):
         load_dataset(name)
 
 
+@pytest.mark.parametrize("val_name", ["val", "valid", "validation"])
+def test_folder_val_split_is_the_test_split_or_its_own_and_ignored_folders_are_named(tmp_path, val_name):
+    for split in ("train", val_name):
+        for cls in ("cat", "dog"):
+            write_images(tmp_path / split / cls, 2)
+    write_images(tmp_path / "extras" / "cat", 1)
+    data = load_dataset(f"folder:{tmp_path}")
+    assert list(data.splits) == ["train", "test"] and len(data.splits["test"].images) == 4
+    assert len(data.notes) == 1 and "extras" in data.notes[0]
+    for cls in ("cat", "dog"):
+        write_images(tmp_path / "test" / cls, 1)
+    data = load_dataset(f"folder:{tmp_path}")
+    assert list(data.splits) == ["train", "test", "val"]
+    assert [len(data.splits[s].images) for s in data.splits] == [4, 2, 4]
+
+
 def test_exif_orientation_and_transparent_modes_decode_as_viewers_show_them(tmp_path):
     from PIL import Image
 
