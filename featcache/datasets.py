@@ -3,6 +3,7 @@
 A dataset has splits ("train", "test", "val", or "all" for folders without a split), each with an
 image source and one or more label sets (CIFAR-100 has "fine" and "coarse"; the others "label").
 Image sources are read batch by batch, so a folder of 100,000 photos is never held in memory.
+:func:`load_dataset` refuses a dataset whose training split has fewer than 2 classes.
 
 Dataset names understood by :func:`load_dataset`:
 
@@ -101,6 +102,11 @@ class Dataset:
     def label_sets(self) -> list[str]:
         return list(self.class_names)
 
+    @property
+    def train_split(self) -> str:
+        """"train", or the only split of a dataset without one (a folder without train/ and test/)."""
+        return "train" if "train" in self.splits else next(iter(self.splits))
+
     @cached_property
     def fingerprint(self) -> str:
         """A hash of the images, labels and class names (not of the name or where it lives), computed once."""
@@ -118,21 +124,36 @@ class Dataset:
 
 def load_dataset(name: str, data_dir=None, skip_bad: bool = False) -> Dataset:
     """Load a dataset by name (see the module docstring)."""
-    if name.startswith("folder:"):
-        return load_folder(name[len("folder:"):], skip_bad=skip_bad)
-    if name.startswith("synthetic"):
-        return load_synthetic(**_parse_options(name[len("synthetic"):].lstrip(":")))
     loaders = {
         "cifar10": lambda: load_cifar("cifar10", data_dir),
         "cifar100": lambda: load_cifar("cifar100", data_dir),
         "tiny-imagenet": lambda: load_tiny_imagenet(data_dir, skip_bad=skip_bad),
         "digits": load_digits,
     }
-    if name not in loaders:
+    if name.startswith("folder:"):
+        dataset = load_folder(name[len("folder:"):], skip_bad=skip_bad)
+    elif name.startswith("synthetic"):
+        dataset = load_synthetic(**_parse_options(name[len("synthetic"):].lstrip(":")))
+    elif name in loaders:
+        dataset = loaders[name]()
+    else:
         raise FeatcacheError(
             f"unknown dataset {name!r}: choose from {', '.join(loaders)}, folder:PATH or synthetic"
         )
-    return loaders[name]()
+    _require_two_classes(dataset)
+    return dataset
+
+
+def _require_two_classes(dataset: Dataset):
+    split = dataset.train_split
+    for label_set, labels in dataset.splits[split].labels.items():
+        present = np.unique(labels)
+        if len(present) < 2:
+            only = dataset.class_names[label_set][present[0]]
+            raise FeatcacheError(
+                f"{dataset.name} has only one class ({only!r}, label set {label_set!r}) in its {split} split: "
+                "a classifier needs at least 2 (for a folder, one sub-folder of images per class)"
+            )
 
 
 # --- CIFAR ------------------------------------------------------------------------------------

@@ -188,6 +188,14 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     assert np.array_equal(pixels[:, :, 2], np.round(values / 257))
 
 
+@pytest.mark.parametrize("name", ["folder", "synthetic:classes=1"])
+def test_dataset_with_one_class_is_refused(tmp_path, name):
+    write_images(tmp_path / "train" / "cat", 2)
+    write_images(tmp_path / "test" / "dog", 2)
+    with pytest.raises(FeatcacheError, match="only one class .*at least 2"):
+        load_dataset(f"folder:{tmp_path}" if name == "folder" else name)
+
+
 def test_image_over_pillows_pixel_limit_says_how_to_allow_it(tmp_path, monkeypatch):
     from PIL import Image
 
