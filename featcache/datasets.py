@@ -7,8 +7,8 @@ Image sources are read batch by batch, so a folder of 100,000 photos is never he
 
 Dataset names understood by :func:`load_dataset`:
 
-    cifar10, cifar100       keras.datasets, or a local copy in the python format (--data-dir)
-    tiny-imagenet           a local tiny-imagenet-200 tree (--data-dir)
+    cifar10, cifar100       keras.datasets, or a local copy in the python format (data_dir)
+    tiny-imagenet           a local tiny-imagenet-200 tree (data_dir)
     folder:PATH             class sub-folders, optionally under train/, test/ and val/ (see load_folder)
     digits                  scikit-learn's bundled 8x8 digits (no download)
     synthetic               deterministic coloured patterns for tests (synthetic:n=200,classes=4,size=32)
@@ -23,6 +23,7 @@ import hashlib
 import os
 import pickle
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -158,21 +159,25 @@ def _require_two_classes(dataset: Dataset):
 
 # --- CIFAR ------------------------------------------------------------------------------------
 
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR = {
     # name: (folder inside the archive, keras loader's cache folder, train files, test file, meta file)
     "cifar10": ("cifar-10-batches-py", "cifar-10-batches-py-target",
                 [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta"),
     "cifar100": ("cifar-100-python", "cifar-100-python-target", ["train"], "test", "meta"),
 }
-CIFAR_LABELS = {  # label set -> (key in the batch files, key in the meta file)
-    "cifar10": {"label": ("labels", "label_names")},
-    "cifar100": {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")},
+ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)  # what a damaged .tar.gz raises
+CIFAR_LABELS = {  # label set -> (key in the batch files, key in the meta file, number of classes)
+    "cifar10": {"label": ("labels", "label_names", 10)},
+    "cifar100": {"fine": ("fine_labels", "fine_label_names", 100),
+                 "coarse": ("coarse_labels", "coarse_label_names", 20)},
 }
 
 
 def load_cifar(name: str, data_dir=None) -> Dataset:
     """CIFAR in its published python format: a local folder or .tar.gz, else keras.datasets."""
     folder_name = CIFAR[name][0]
+    expected = f"expected the {folder_name} folder or its .tar.gz (from {CIFAR_URL})"
     if data_dir is None:
         return _read_cifar(name, _PickleFolder(_keras_cifar_folder(name)))
     data_dir = Path(data_dir)
@@ -182,24 +187,25 @@ def load_cifar(name: str, data_dir=None) -> Dataset:
     for candidate in (data_dir, data_dir / f"{folder_name.replace('-batches', '')}.tar.gz",
                       data_dir / f"{folder_name}.tar.gz"):
         if candidate.is_file() and candidate.name.endswith(".tar.gz"):
-            with tarfile.open(candidate) as archive:
+            try:
+                archive = tarfile.open(candidate)
+            except ARCHIVE_ERRORS:
+                raise FeatcacheError(f"{candidate} is not a readable .tar.gz archive: {expected}") from None
+            with archive:
                 return _read_cifar(name, _PickleTar(archive, folder_name))
-    raise FeatcacheError(
-        f"no {name} in {data_dir}: expected the {folder_name} folder or its .tar.gz "
-        "(from https://www.cs.toronto.edu/~kriz/cifar.html)"
-    )
+    raise FeatcacheError(f"no {name} in {data_dir}: {expected}")
 
 
 def _keras_cifar_folder(name: str) -> Path:
     """Let keras.datasets download and unpack CIFAR, then read its unpacked python files ourselves."""
-    from featcache.backend import keras
+    import keras
 
     try:
         getattr(keras.datasets, name).load_data()
     except Exception as exc:  # Keras raises plain Exception when the download fails
         raise FeatcacheError(
             f"cannot download {name} ({type(exc).__name__}): download the python version from "
-            "https://www.cs.toronto.edu/~kriz/cifar.html and give its folder as data_dir"
+            f"{CIFAR_URL} and give its folder as data_dir"
         ) from None
     from featcache.backbones import keras_home
 
@@ -210,45 +216,76 @@ class _PickleFolder:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def load(self, member: str) -> dict:
-        return _unpickle((self.folder / member).read_bytes(), member)
+    def where(self, member: str) -> str:
+        return str(self.folder / member)
+
+    def load(self, member: str):
+        path = self.folder / member
+        if not path.is_file():
+            raise FeatcacheError(f"{path} is missing: expected the whole {self.folder.name} folder (from {CIFAR_URL})")
+        return _unpickle(path.read_bytes(), self.where(member))
 
 
 class _PickleTar:
     def __init__(self, archive: tarfile.TarFile, folder_name: str):
         self.archive, self.folder_name = archive, folder_name
 
-    def load(self, member: str) -> dict:
+    def where(self, member: str) -> str:
+        return f"{self.folder_name}/{member} in {self.archive.name}"
+
+    def load(self, member: str):
+        name = f"{self.folder_name}/{member}"
         try:
-            data = self.archive.extractfile(f"{self.folder_name}/{member}").read()
+            data = self.archive.extractfile(name).read()
         except KeyError:
-            raise FeatcacheError(f"{self.archive.name} has no {self.folder_name}/{member}: not a CIFAR archive") from None
-        return _unpickle(data, member)
+            raise FeatcacheError(f"{self.archive.name} has no {name}: not a CIFAR archive (from {CIFAR_URL})") from None
+        except ARCHIVE_ERRORS:
+            raise FeatcacheError(f"{self.archive.name} is damaged (reading {name}): download it again") from None
+        return _unpickle(data, self.where(member))
 
 
-def _unpickle(data: bytes, member: str) -> dict:
+def _unpickle(data: bytes, where: str):
     try:
         return pickle.loads(data, encoding="bytes")
     except Exception:
-        raise FeatcacheError(f"CIFAR file {member} is not in the python pickle format") from None
+        raise FeatcacheError(f"{where} is not in the python pickle format: expected CIFAR's python version") from None
+
+
+def _cifar_field(content, key: str, where: str, expected: str, valid):
+    """``content[key]`` of an unpickled CIFAR file, if ``valid`` accepts it; else an error naming the file."""
+    value = content.get(key.encode()) if isinstance(content, dict) else None
+    if value is None or not valid(value):
+        raise FeatcacheError(f"{where} is not a CIFAR python file: expected {key!r}, {expected}")
+    return value
 
 
 def _read_cifar(name: str, source) -> Dataset:
     _, _, train_files, test_file, meta_file = CIFAR[name]
-    meta = source.load(meta_file)
     label_keys = CIFAR_LABELS[name]
+    meta = source.load(meta_file)
     class_names = {
-        label_set: [n.decode() for n in meta[meta_key.encode()]] for label_set, (_, meta_key) in label_keys.items()
+        label_set: [n.decode() for n in _cifar_field(
+            meta, key, source.where(meta_file), f"a list of {count} class names",
+            lambda v: isinstance(v, list) and len(v) == count and all(isinstance(n, bytes) for n in v))]
+        for label_set, (_, key, count) in label_keys.items()
     }
     splits = {}
     for split, members in (("train", train_files), ("test", [test_file])):
-        batches = [source.load(m) for m in members]
-        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = {
-            label_set: np.concatenate([np.asarray(b[key.encode()], dtype=np.int64) for b in batches])
-            for label_set, (key, _) in label_keys.items()
-        }
-        splits[split] = Split(ArrayImages(np.ascontiguousarray(images, dtype=np.uint8)), labels)
+        rows, labels = [], {label_set: [] for label_set in label_keys}
+        for member in members:
+            batch, where = source.load(member), source.where(member)
+            data = _cifar_field(batch, "data", where, "a uint8 array of rows of 3072 pixel values",
+                                lambda v: isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 2
+                                and v.shape[1] == 3072)
+            rows.append(data)
+            for label_set, (key, _, count) in label_keys.items():
+                labels[label_set].append(np.asarray(_cifar_field(
+                    batch, key, where, f"a list of {len(data)} labels from 0 to {count - 1}",
+                    lambda v: isinstance(v, list) and len(v) == len(data) and np.isin(v, range(count)).all()),
+                    dtype=np.int64))
+        images = np.concatenate(rows).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = {label_set: np.concatenate(parts) for label_set, parts in labels.items()}
+        splits[split] = Split(ArrayImages(np.ascontiguousarray(images)), labels)
     return Dataset(name, splits, class_names)
 
 

@@ -196,6 +196,48 @@ def test_dataset_with_one_class_is_refused(tmp_path, name):
         load_dataset(f"folder:{tmp_path}" if name == "folder" else name)
 
 
+def _write_garbage(path):
+    path.write_bytes(b"this is not a tar.gz")
+
+
+def _write_tar_without_folder(path):
+    write_cifar100(path.parent / "flat")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(path.parent / "flat" / "meta", arcname="meta")
+
+
+@pytest.mark.parametrize("write, message", [
+    (_write_garbage, r"garbage.tar.gz is not a readable .tar.gz archive"),
+    (_write_tar_without_folder, r"garbage.tar.gz has no cifar-100-python/meta"),
+])
+def test_cifar_bad_archive_is_named(tmp_path, write, message):
+    write(tmp_path / "garbage.tar.gz")
+    with pytest.raises(FeatcacheError, match=message):
+        load_dataset("cifar100", data_dir=tmp_path / "garbage.tar.gz")
+
+
+@pytest.mark.parametrize("meta", [
+    {b"fine_label_names": [b"x"] * 100},  # no coarse names
+    {b"fine_label_names": [b"x"] * 10, b"coarse_label_names": [b"y"] * 20},  # not 100 fine names
+    {b"fine_label_names": "x" * 100, b"coarse_label_names": [b"y"] * 20},  # not a list
+    ["not", "a", "dict"],
+])
+def test_cifar_wrong_meta_is_named(tmp_path, meta):
+    folder = tmp_path / "cifar-100-python"
+    write_cifar100(folder)
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+    with pytest.raises(FeatcacheError, match=r"cifar-100-python/meta is not .*: expected .*class names"):
+        load_dataset("cifar100", data_dir=tmp_path)
+
+
+def test_cifar_wrong_batch_is_named(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_cifar100(folder)
+    (folder / "test").write_bytes(pickle.dumps({b"data": _cifar_rows(5, 0), b"fine_labels": [0] * 5}))
+    with pytest.raises(FeatcacheError, match=r"cifar-100-python/test is not .*: expected .*coarse_labels"):
+        load_dataset("cifar100", data_dir=tmp_path)
+
+
 def test_image_over_pillows_pixel_limit_says_how_to_allow_it(tmp_path, monkeypatch):
     from PIL import Image
 
