@@ -1,21 +1,29 @@
 """Dataset loaders: every loader returns a :class:`Dataset` of uint8 RGB images and integer labels.
 
-A dataset has splits ("train", "test", or "all" for folders without a split), each with an
+A dataset has splits ("train", "test", "val", or "all" for folders without a split), each with an
 image source and one or more label sets (CIFAR-100 has "fine" and "coarse"; the others "label").
 Image sources are read batch by batch, so a folder of 100,000 photos is never held in memory.
+:func:`load_dataset` refuses a dataset whose training split has fewer than 2 classes.
 
 Dataset names understood by :func:`load_dataset`:
 
-    cifar10, cifar100       keras.datasets, or a local copy in the python format (--data-dir)
-    tiny-imagenet           a local tiny-imagenet-200 tree (--data-dir)
-    folder:PATH             class sub-folders, optionally under train/ and test/
+    cifar10, cifar100       keras.datasets, or a local copy in the python format (data_dir)
+    tiny-imagenet           a local tiny-imagenet-200 tree (data_dir)
+    folder:PATH             class sub-folders, optionally under train/, test/ and val/ (see load_folder)
     digits                  scikit-learn's bundled 8x8 digits (no download)
     synthetic               deterministic coloured patterns for tests (synthetic:n=200,classes=4,size=32)
+
+Image files are decoded by :func:`decode_image` alone: as a viewer shows them (EXIF orientation
+applied), transparency composited on white, 16-bit images scaled to 8 bits. Pillow refuses images
+over twice ``PIL.Image.MAX_IMAGE_PIXELS`` (a guard against decompression bombs); the environment
+variable FEATCACHE_MAX_IMAGE_PIXELS, when set, replaces that limit (0: no limit).
 """
 
 import hashlib
+import os
 import pickle
 import tarfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +34,8 @@ import numpy as np
 from featcache.errors import FeatcacheError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VAL_FOLDERS = ("val", "valid", "validation")  # names published sets give their validation split
+PIXEL_LIMIT_VARIABLE = "FEATCACHE_MAX_IMAGE_PIXELS"
 
 
 class ArrayImages:
@@ -47,7 +57,7 @@ class ArrayImages:
 
 
 class FileImages:
-    """Image files decoded on demand (as RGB, at their native size) by PIL.
+    """Image files decoded on demand (as RGB, at their native size) by :func:`decode_image`.
 
     Resizing is left to the extraction pipeline, which uses one resize (TensorFlow's bilinear)
     for every source, so the same image gives the same features whichever way it arrives.
@@ -65,10 +75,7 @@ class FileImages:
         return np.stack([self.read_one(i) for i in range(start, stop)])
 
     def read_one(self, index: int) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return decode_image(self.paths[index])
 
     def fingerprint(self) -> str:
         digest = hashlib.blake2b(digest_size=16)
@@ -89,11 +96,17 @@ class Dataset:
     name: str
     splits: dict[str, Split]
     class_names: dict[str, list[str]]  # label set name -> class names, indexed by label
-    skipped: list[str] = field(default_factory=list)  # undecodable files left out (with --skip-bad)
+    skipped: list[str] = field(default_factory=list)  # undecodable files left out (with skip_bad)
+    notes: list[str] = field(default_factory=list)  # warnings for the user, e.g. sub-folders left out
 
     @property
     def label_sets(self) -> list[str]:
         return list(self.class_names)
+
+    @property
+    def train_split(self) -> str:
+        """"train", or the only split of a dataset without one (a folder without train/ and test/)."""
+        return "train" if "train" in self.splits else next(iter(self.splits))
 
     @cached_property
     def fingerprint(self) -> str:
@@ -112,40 +125,59 @@ class Dataset:
 
 def load_dataset(name: str, data_dir=None, skip_bad: bool = False) -> Dataset:
     """Load a dataset by name (see the module docstring)."""
-    if name.startswith("folder:"):
-        return load_folder(name[len("folder:"):], skip_bad=skip_bad)
-    if name.startswith("synthetic"):
-        return load_synthetic(**_parse_options(name[len("synthetic"):].lstrip(":")))
     loaders = {
         "cifar10": lambda: load_cifar("cifar10", data_dir),
         "cifar100": lambda: load_cifar("cifar100", data_dir),
         "tiny-imagenet": lambda: load_tiny_imagenet(data_dir, skip_bad=skip_bad),
         "digits": load_digits,
     }
-    if name not in loaders:
+    if name.startswith("folder:"):
+        dataset = load_folder(name[len("folder:"):], skip_bad=skip_bad)
+    elif name.startswith("synthetic"):
+        dataset = load_synthetic(**_parse_options(name[len("synthetic"):].lstrip(":")))
+    elif name in loaders:
+        dataset = loaders[name]()
+    else:
         raise FeatcacheError(
             f"unknown dataset {name!r}: choose from {', '.join(loaders)}, folder:PATH or synthetic"
         )
-    return loaders[name]()
+    _require_two_classes(dataset)
+    return dataset
+
+
+def _require_two_classes(dataset: Dataset):
+    split = dataset.train_split
+    for label_set, labels in dataset.splits[split].labels.items():
+        present = np.unique(labels)
+        if len(present) < 2:
+            only = dataset.class_names[label_set][present[0]]
+            raise FeatcacheError(
+                f"{dataset.name} has only one class ({only!r}, label set {label_set!r}) in its {split} split: "
+                "a classifier needs at least 2 (for a folder, one sub-folder of images per class)"
+            )
 
 
 # --- CIFAR ------------------------------------------------------------------------------------
 
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 CIFAR = {
     # name: (folder inside the archive, keras loader's cache folder, train files, test file, meta file)
     "cifar10": ("cifar-10-batches-py", "cifar-10-batches-py-target",
                 [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta"),
     "cifar100": ("cifar-100-python", "cifar-100-python-target", ["train"], "test", "meta"),
 }
-CIFAR_LABELS = {  # label set -> (key in the batch files, key in the meta file)
-    "cifar10": {"label": ("labels", "label_names")},
-    "cifar100": {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")},
+ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)  # what a damaged .tar.gz raises
+CIFAR_LABELS = {  # label set -> (key in the batch files, key in the meta file, number of classes)
+    "cifar10": {"label": ("labels", "label_names", 10)},
+    "cifar100": {"fine": ("fine_labels", "fine_label_names", 100),
+                 "coarse": ("coarse_labels", "coarse_label_names", 20)},
 }
 
 
 def load_cifar(name: str, data_dir=None) -> Dataset:
     """CIFAR in its published python format: a local folder or .tar.gz, else keras.datasets."""
     folder_name = CIFAR[name][0]
+    expected = f"expected the {folder_name} folder or its .tar.gz (from {CIFAR_URL})"
     if data_dir is None:
         return _read_cifar(name, _PickleFolder(_keras_cifar_folder(name)))
     data_dir = Path(data_dir)
@@ -155,12 +187,13 @@ def load_cifar(name: str, data_dir=None) -> Dataset:
     for candidate in (data_dir, data_dir / f"{folder_name.replace('-batches', '')}.tar.gz",
                       data_dir / f"{folder_name}.tar.gz"):
         if candidate.is_file() and candidate.name.endswith(".tar.gz"):
-            with tarfile.open(candidate) as archive:
+            try:
+                archive = tarfile.open(candidate)
+            except ARCHIVE_ERRORS:
+                raise FeatcacheError(f"{candidate} is not a readable .tar.gz archive: {expected}") from None
+            with archive:
                 return _read_cifar(name, _PickleTar(archive, folder_name))
-    raise FeatcacheError(
-        f"no {name} in {data_dir}: expected the {folder_name} folder or its .tar.gz "
-        "(from https://www.cs.toronto.edu/~kriz/cifar.html)"
-    )
+    raise FeatcacheError(f"no {name} in {data_dir}: {expected}")
 
 
 def _keras_cifar_folder(name: str) -> Path:
@@ -172,7 +205,7 @@ def _keras_cifar_folder(name: str) -> Path:
     except Exception as exc:  # Keras raises plain Exception when the download fails
         raise FeatcacheError(
             f"cannot download {name} ({type(exc).__name__}): download the python version from "
-            "https://www.cs.toronto.edu/~kriz/cifar.html and give its folder as data_dir"
+            f"{CIFAR_URL} and give its folder as data_dir"
         ) from None
     from featcache.backbones import keras_home
 
@@ -183,45 +216,76 @@ class _PickleFolder:
     def __init__(self, folder: Path):
         self.folder = folder
 
-    def load(self, member: str) -> dict:
-        return _unpickle((self.folder / member).read_bytes(), member)
+    def where(self, member: str) -> str:
+        return str(self.folder / member)
+
+    def load(self, member: str):
+        path = self.folder / member
+        if not path.is_file():
+            raise FeatcacheError(f"{path} is missing: expected the whole {self.folder.name} folder (from {CIFAR_URL})")
+        return _unpickle(path.read_bytes(), self.where(member))
 
 
 class _PickleTar:
     def __init__(self, archive: tarfile.TarFile, folder_name: str):
         self.archive, self.folder_name = archive, folder_name
 
-    def load(self, member: str) -> dict:
+    def where(self, member: str) -> str:
+        return f"{self.folder_name}/{member} in {self.archive.name}"
+
+    def load(self, member: str):
+        name = f"{self.folder_name}/{member}"
         try:
-            data = self.archive.extractfile(f"{self.folder_name}/{member}").read()
+            data = self.archive.extractfile(name).read()
         except KeyError:
-            raise FeatcacheError(f"{self.archive.name} has no {self.folder_name}/{member}: not a CIFAR archive") from None
-        return _unpickle(data, member)
+            raise FeatcacheError(f"{self.archive.name} has no {name}: not a CIFAR archive (from {CIFAR_URL})") from None
+        except ARCHIVE_ERRORS:
+            raise FeatcacheError(f"{self.archive.name} is damaged (reading {name}): download it again") from None
+        return _unpickle(data, self.where(member))
 
 
-def _unpickle(data: bytes, member: str) -> dict:
+def _unpickle(data: bytes, where: str):
     try:
         return pickle.loads(data, encoding="bytes")
     except Exception:
-        raise FeatcacheError(f"CIFAR file {member} is not in the python pickle format") from None
+        raise FeatcacheError(f"{where} is not in the python pickle format: expected CIFAR's python version") from None
+
+
+def _cifar_field(content, key: str, where: str, expected: str, valid):
+    """``content[key]`` of an unpickled CIFAR file, if ``valid`` accepts it; else an error naming the file."""
+    value = content.get(key.encode()) if isinstance(content, dict) else None
+    if value is None or not valid(value):
+        raise FeatcacheError(f"{where} is not a CIFAR python file: expected {key!r}, {expected}")
+    return value
 
 
 def _read_cifar(name: str, source) -> Dataset:
     _, _, train_files, test_file, meta_file = CIFAR[name]
-    meta = source.load(meta_file)
     label_keys = CIFAR_LABELS[name]
+    meta = source.load(meta_file)
     class_names = {
-        label_set: [n.decode() for n in meta[meta_key.encode()]] for label_set, (_, meta_key) in label_keys.items()
+        label_set: [n.decode() for n in _cifar_field(
+            meta, key, source.where(meta_file), f"a list of {count} class names",
+            lambda v: isinstance(v, list) and len(v) == count and all(isinstance(n, bytes) for n in v))]
+        for label_set, (_, key, count) in label_keys.items()
     }
     splits = {}
     for split, members in (("train", train_files), ("test", [test_file])):
-        batches = [source.load(m) for m in members]
-        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = {
-            label_set: np.concatenate([np.asarray(b[key.encode()], dtype=np.int64) for b in batches])
-            for label_set, (key, _) in label_keys.items()
-        }
-        splits[split] = Split(ArrayImages(np.ascontiguousarray(images, dtype=np.uint8)), labels)
+        rows, labels = [], {label_set: [] for label_set in label_keys}
+        for member in members:
+            batch, where = source.load(member), source.where(member)
+            data = _cifar_field(batch, "data", where, "a uint8 array of rows of 3072 pixel values",
+                                lambda v: isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 2
+                                and v.shape[1] == 3072)
+            rows.append(data)
+            for label_set, (key, _, count) in label_keys.items():
+                labels[label_set].append(np.asarray(_cifar_field(
+                    batch, key, where, f"a list of {len(data)} labels from 0 to {count - 1}",
+                    lambda v: isinstance(v, list) and len(v) == len(data) and np.isin(v, range(count)).all()),
+                    dtype=np.int64))
+        images = np.concatenate(rows).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = {label_set: np.concatenate(parts) for label_set, parts in labels.items()}
+        splits[split] = Split(ArrayImages(np.ascontiguousarray(images)), labels)
     return Dataset(name, splits, class_names)
 
 
@@ -229,11 +293,17 @@ def _read_cifar(name: str, source) -> Dataset:
 
 
 def load_folder(path, skip_bad: bool = False) -> Dataset:
-    """Class sub-folders of images, either directly under PATH or under PATH/train and PATH/test."""
+    """Class sub-folders of images, either directly under PATH (one split "all") or under split folders.
+
+    The split folders are train/ and test/, and next to train/ a validation folder (val/, valid/ or
+    validation/): without test/ it is the held-out split, named "test" so every stage uses it as one;
+    with test/ it is a split of its own, "val". Other sub-folders beside split folders are left out,
+    each named in the dataset's ``notes``.
+    """
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FeatcacheError(f"dataset folder {root} does not exist")
-    split_roots = {s: root / s for s in ("train", "test") if (root / s).is_dir()} or {"all": root}
+    split_roots, notes = _split_folders(root)
     class_names = sorted({d.name for r in split_roots.values() for d in r.iterdir() if d.is_dir()})
     if not class_names:
         raise FeatcacheError(f"{root} has no class sub-folders: expected {root}/<class>/<image files>")
@@ -244,7 +314,24 @@ def load_folder(path, skip_bad: bool = False) -> Dataset:
     for split, entries in files.items():
         if not entries:
             raise FeatcacheError(f"{split_roots[split]} holds no image files")
-    return _file_dataset(f"folder:{root.name}", files, {"label": class_names}, skip_bad)
+    dataset = _file_dataset(f"folder:{root.name}", files, {"label": class_names}, skip_bad)
+    dataset.notes += notes
+    return dataset
+
+
+def _split_folders(root: Path) -> tuple[dict[str, Path], list[str]]:
+    """Split name -> its folder (see :func:`load_folder`), and a note naming sub-folders left out."""
+    folders = {d.name: d for d in sorted(root.iterdir()) if d.is_dir()}
+    splits = {s: folders[s] for s in ("train", "test") if s in folders}
+    if not splits:
+        return {"all": root}, []
+    val = next((folders[n] for n in VAL_FOLDERS if n in folders and "train" in splits), None)
+    if val:
+        splits["val" if "test" in splits else "test"] = val
+    ignored = [name for name, folder in folders.items() if folder not in splits.values()]
+    notes = [f"left out sub-folders of {root}: {', '.join(ignored)} "
+             f"(the split folders are train, test and one of {', '.join(VAL_FOLDERS)})"]
+    return splits, notes if ignored else []
 
 
 def load_tiny_imagenet(data_dir, skip_bad: bool = False) -> Dataset:
@@ -289,29 +376,64 @@ def _file_dataset(name, files, class_names, skip_bad) -> Dataset:
     return Dataset(name, splits, class_names, skipped)
 
 
+class ImageError(FeatcacheError):
+    """An image file that cannot be used (``skip_bad`` leaves such files out)."""
+
+
 def open_images(paths: list[Path], skip_bad: bool = False) -> tuple[FileImages, list[int], list[str]]:
     """Check every file decodes (in parallel): an undecodable one is an error naming it, or with
     ``skip_bad`` is left out. Returns the images, the indices of the kept paths, and the skipped paths."""
     with ThreadPoolExecutor(max_workers=8) as pool:
         sizes = list(pool.map(_decoded_size, paths))
-    bad = [str(p) for p, size in zip(paths, sizes) if size is None]
+    bad = [(str(p), size) for p, size in zip(paths, sizes) if isinstance(size, ImageError)]
     if bad and not skip_bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise FeatcacheError(f"cannot decode image {bad[0]}{more}: fix or remove it, or leave such files out with skip_bad=True")
-    kept = [i for i, size in enumerate(sizes) if size is not None]
-    return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, bad
+        more = f" ({len(bad) - 1} more files cannot be used either)" if len(bad) > 1 else ""
+        raise FeatcacheError(f"{bad[0][1]}, or leave such files out with skip_bad=True{more}")
+    kept = [i for i, size in enumerate(sizes) if not isinstance(size, ImageError)]
+    return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, [path for path, _ in bad]
 
 
 def _decoded_size(path: Path):
-    """The image's (width, height) if it fully decodes, else None."""
-    from PIL import Image
+    """The image's decoded (height, width), or the :class:`ImageError` saying why it cannot be used."""
+    try:
+        return decode_image(path).shape[:2]
+    except ImageError as exc:
+        return exc
 
+
+def decode_image(path) -> np.ndarray:
+    """The image file as a uint8 (height, width, 3) RGB array, as an image viewer shows it.
+
+    The EXIF orientation is applied; transparency (RGBA, LA, a palette's or a colour's tRNS) is
+    composited on white; integer images of more than 8 bits (I;16, I) are taken as 16-bit and scaled
+    to 0..255 (v / 257, rounded); every other mode (L, P, CMYK, ...) goes through Pillow's RGB conversion.
+    """
+    from PIL import Image, ImageOps
+
+    limit = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if limit is not None:
+        if not limit.isdigit():
+            raise FeatcacheError(f"{PIXEL_LIMIT_VARIABLE}={limit!r} must be a whole number of pixels (0: no limit)")
+        Image.MAX_IMAGE_PIXELS = int(limit) or None
     try:
         with Image.open(path) as image:
             image.load()
-            return image.size
-    except Exception:
-        return None
+            ImageOps.exif_transpose(image, in_place=True)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"image {path} is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+            f"(Image.MAX_IMAGE_PIXELS): allow it with the environment variable {PIXEL_LIMIT_VARIABLE} "
+            "(a number of pixels, 0 for no limit)"
+        ) from None
+    except Exception:  # Pillow raises many kinds for broken files
+        raise ImageError(f"cannot decode image {path}: fix or remove it") from None
+    if image.mode.startswith("I"):
+        grey = np.clip((np.asarray(image).astype(np.int64) + 128) // 257, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.has_transparency_data:
+        rgba, image = image.convert("RGBA"), Image.new("RGB", image.size, "white")
+        image.paste(rgba, mask=rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 # --- bundled and synthetic --------------------------------------------------------------------

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import write_images
 
-from featcache.datasets import load_dataset
+from featcache.datasets import FileImages, decode_image, load_dataset, open_images
 from featcache.errors import FeatcacheError
 
 
@@ -127,3 +127,138 @@ def test_digits_and_synthetic_are_deterministic():
 def test_bad_dataset_names(name, message):
     with pytest.raises(FeatcacheError, match=message):
         load_dataset(name)
+
+
+@pytest.mark.parametrize("val_name", ["val", "valid", "validation"])
+def test_folder_val_split_is_the_test_split_or_its_own_and_ignored_folders_are_named(tmp_path, val_name):
+    for split in ("train", val_name):
+        for cls in ("cat", "dog"):
+            write_images(tmp_path / split / cls, 2)
+    write_images(tmp_path / "extras" / "cat", 1)
+    data = load_dataset(f"folder:{tmp_path}")
+    assert list(data.splits) == ["train", "test"] and len(data.splits["test"].images) == 4
+    assert len(data.notes) == 1 and "extras" in data.notes[0]
+    for cls in ("cat", "dog"):
+        write_images(tmp_path / "test" / cls, 1)
+    data = load_dataset(f"folder:{tmp_path}")
+    assert list(data.splits) == ["train", "test", "val"]
+    assert [len(data.splits[s].images) for s in data.splits] == [4, 2, 4]
+
+
+def test_exif_orientation_and_transparent_modes_decode_as_viewers_show_them(tmp_path):
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, size=(10, 20, 3), dtype=np.uint8)  # 20 wide, 10 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    (tmp_path / "a").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "a" / "rotated.png", exif=exif)
+    write_images(tmp_path / "a", 1, size=(10, 20))  # 10 wide, 20 high: the rotated photo's size
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]], dtype=np.uint8), "P")
+    palette.putpalette([10, 20, 30, 200, 100, 50])
+    palette.save(tmp_path / "a" / "palette.png", transparency=0)
+    (tmp_path / "b").mkdir()
+    grey = Image.fromarray(np.full((2, 2), 90, dtype=np.uint8))
+    alpha = Image.fromarray(np.array([[0, 255], [255, 0]], dtype=np.uint8))
+    Image.merge("LA", (grey, alpha)).save(tmp_path / "b" / "grey_alpha.png")
+    Image.fromarray(pixels).convert("CMYK").save(tmp_path / "b" / "cmyk.jpg")
+
+    data = load_dataset(f"folder:{tmp_path}")
+    images = data.splits["all"].images
+    names = [p.name for p in images.paths]
+    decoded = {name: images.read_one(i) for i, name in enumerate(names)}
+    assert np.array_equal(decoded["rotated.png"], np.rot90(pixels, k=-1))
+    assert np.array_equal(decoded["palette.png"][:, :, 0], [[255, 200], [200, 255]])  # transparent: white
+    assert np.array_equal(decoded["grey_alpha.png"][:, :, 1], [[255, 90], [90, 255]])
+    with Image.open(tmp_path / "b" / "cmyk.jpg") as cmyk:
+        assert np.array_equal(decoded["cmyk.jpg"], np.asarray(cmyk.convert("RGB")))
+    assert FileImages([tmp_path / "a" / n for n in ("rotated.png", "img000.png")], [(20, 10)] * 2).uniform
+    assert open_images([tmp_path / "a" / n for n in ("rotated.png", "img000.png")])[0].uniform
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    values = np.array([[0, 128, 129, 257], [1000, 32896, 65407, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as reopened:
+        assert reopened.mode == "I;16"  # what makes this test about high bit depth
+    pixels = decode_image(tmp_path / "deep.png")
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 4, 3)
+    assert np.array_equal(pixels[:, :, 2], np.round(values / 257))
+
+
+@pytest.mark.parametrize("name", ["folder", "synthetic:classes=1"])
+def test_dataset_with_one_class_is_refused(tmp_path, name):
+    write_images(tmp_path / "train" / "cat", 2)
+    write_images(tmp_path / "test" / "dog", 2)
+    with pytest.raises(FeatcacheError, match="only one class .*at least 2"):
+        load_dataset(f"folder:{tmp_path}" if name == "folder" else name)
+
+
+def _write_garbage(path):
+    path.write_bytes(b"this is not a tar.gz")
+
+
+def _write_tar_without_folder(path):
+    write_cifar100(path.parent / "flat")
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(path.parent / "flat" / "meta", arcname="meta")
+
+
+@pytest.mark.parametrize("write, message", [
+    (_write_garbage, r"garbage.tar.gz is not a readable .tar.gz archive"),
+    (_write_tar_without_folder, r"garbage.tar.gz has no cifar-100-python/meta"),
+])
+def test_cifar_bad_archive_is_named(tmp_path, write, message):
+    write(tmp_path / "garbage.tar.gz")
+    with pytest.raises(FeatcacheError, match=message):
+        load_dataset("cifar100", data_dir=tmp_path / "garbage.tar.gz")
+
+
+@pytest.mark.parametrize("meta", [
+    {b"fine_label_names": [b"x"] * 100},  # no coarse names
+    {b"fine_label_names": [b"x"] * 10, b"coarse_label_names": [b"y"] * 20},  # not 100 fine names
+    {b"fine_label_names": "x" * 100, b"coarse_label_names": [b"y"] * 20},  # not a list
+    ["not", "a", "dict"],
+])
+def test_cifar_wrong_meta_is_named(tmp_path, meta):
+    folder = tmp_path / "cifar-100-python"
+    write_cifar100(folder)
+    (folder / "meta").write_bytes(pickle.dumps(meta))
+    with pytest.raises(FeatcacheError, match=r"cifar-100-python/meta is not .*: expected .*class names"):
+        load_dataset("cifar100", data_dir=tmp_path)
+
+
+def test_cifar_wrong_batch_is_named(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    write_cifar100(folder)
+    (folder / "test").write_bytes(pickle.dumps({b"data": _cifar_rows(5, 0), b"fine_labels": [0] * 5}))
+    with pytest.raises(FeatcacheError, match=r"cifar-100-python/test is not .*: expected .*coarse_labels"):
+        load_dataset("cifar100", data_dir=tmp_path)
+
+
+def test_image_over_pillows_pixel_limit_says_how_to_allow_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    write_images(tmp_path / "a", 2)
+    write_images(tmp_path / "b", 2)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16 x 16 images are over twice the limit
+    with pytest.raises(FeatcacheError, match="larger than Pillow's limit.*FEATCACHE_MAX_IMAGE_PIXELS.*skip_bad=True"):
+        load_dataset(f"folder:{tmp_path}")
+    monkeypatch.setenv("FEATCACHE_MAX_IMAGE_PIXELS", "0")
+    assert len(load_dataset(f"folder:{tmp_path}").splits["all"].images) == 4
+    monkeypatch.setenv("FEATCACHE_MAX_IMAGE_PIXELS", "many")
+    with pytest.raises(FeatcacheError, match="FEATCACHE_MAX_IMAGE_PIXELS='many' must be"):
+        load_dataset(f"folder:{tmp_path}")
+
+
+@pytest.mark.parametrize("mode, fmt", [("RGB", "png"), ("L", "png"), ("P", "png"), ("RGB", "jpg"), ("L", "jpg")])
+def test_ordinary_images_decode_to_the_same_pixels_as_before(tmp_path, mode, fmt):
+    from PIL import Image
+
+    path, = write_images(tmp_path, 1, size=(12, 7), mode=mode, fmt=fmt)
+    with Image.open(path) as image:
+        before = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    assert np.array_equal(decode_image(path), before)
+    assert np.array_equal(FileImages([path], [(7, 12)]).read_one(0), before)
