@@ -41,7 +41,12 @@ FORMAT_NAME, FORMAT_VERSION = "featcache-features", 2
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 KEY_VERSION = 1  # bump when the same key inputs start giving different features
 CHUNK_ROWS = 1024  # rows per HDF5 chunk and per resumable .npy chunk
-SPLIT_ORDER = ["train", "test", "all"]  # the splits a dataset loader makes, in display order
+SPLIT_ORDER = ["train", "test", "val", "all"]  # the splits dataset loaders make, in display order
+
+
+def split_order(split: str):
+    """Known splits in SPLIT_ORDER, any other name after them, alphabetically."""
+    return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
 def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str) -> str:
@@ -83,7 +88,7 @@ class FeatureCache:
                     raise FeatcacheError(f"{self.path} is not a complete featcache file: extract it again")
                 self.key = str(f.attrs["key"])
                 self.provenance = json.loads(f.attrs["provenance"])
-                self.splits = sorted((s for s in f if s != "classes"), key=SPLIT_ORDER.index)
+                self.splits = sorted((s for s in f if s != "classes"), key=split_order)
                 self.class_names = {k: [n.decode() for n in f["classes"][k][()]] for k in f["classes"]}
                 self.rows = {s: f[s]["features"].shape[0] for s in self.splits}
                 self.width = f[self.splits[0]]["features"].shape[1]

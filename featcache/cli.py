@@ -175,6 +175,8 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
 
     spec = make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option)
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
+    for note in data.notes:
+        click.echo(f"note: {note}", err=True)
     result = extract_features(data, spec, obj["root"], batch_size=batch_size, dtype=dtype, force=force)
     shapes = ", ".join(f"{split} {n:,} x {result.width}" for split, n in result.rows.items())
     if result.cached:
@@ -387,6 +389,8 @@ def finetune(obj, backbone, weights, input_size, pooling, alpha, backbone_option
     options.check()
     init_head = load_record(init_head_ref, obj["root"]) if init_head_ref else None
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
+    for note in data.notes:
+        click.echo(f"note: {note}", err=True)
     record = run_finetune(data, spec, settings, label_set, options, obj["root"], resume, init_head=init_head)
     _print_results([record])
 
@@ -418,6 +422,8 @@ def scratch(obj, model, depth, width, dropout, epochs, batch_size, learning_rate
     options = TrainOptions(folds, seed, val_split, patience)
     options.check()  # before the dataset is read
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
+    for note in data.notes:
+        click.echo(f"note: {note}", err=True)
     record = run_scratch(data, settings, label_set, options, obj["root"], resume)
     _print_results([record])
 

@@ -146,15 +146,16 @@ def load_dataset(name: str, data_dir=None, skip_bad: bool = False) -> Dataset:
 
 
 def _require_two_classes(dataset: Dataset):
+    """Refuse a dataset none of whose label sets has two classes in its training split (a label set
+    with one class, such as synthetic:classes=2's coarse labels, is refused later, when chosen)."""
     split = dataset.train_split
-    for label_set, labels in dataset.splits[split].labels.items():
-        present = np.unique(labels)
-        if len(present) < 2:
-            only = dataset.class_names[label_set][present[0]]
-            raise FeatcacheError(
-                f"{dataset.name} has only one class ({only!r}, label set {label_set!r}) in its {split} split: "
-                "a classifier needs at least 2 (for a folder, one sub-folder of images per class)"
-            )
+    present = {label_set: np.unique(labels) for label_set, labels in dataset.splits[split].labels.items()}
+    if all(len(classes) < 2 for classes in present.values()):
+        label_set, classes = next(iter(present.items()))
+        raise FeatcacheError(
+            f"{dataset.name} has only one class ({dataset.class_names[label_set][classes[0]]!r}) in its {split} "
+            "split: a classifier needs at least 2 (for a folder, one sub-folder of images per class)"
+        )
 
 
 # --- CIFAR ------------------------------------------------------------------------------------

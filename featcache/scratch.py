@@ -22,7 +22,7 @@ from featcache.datasets import Dataset
 from featcache.params import Interval, check
 from featcache.settings import ScratchSettings, TrainOptions
 from featcache.training import (Phase, augmentation, compile_model, native_size, precision_policy,
-                                train_and_evaluate, train_split_name)
+                                train_and_evaluate)
 
 STATISTICS_SAMPLE = 2000  # training images the channel mean and variance are computed from
 DENSE_DROPOUT = 0.5  # basic-cnn, after Dense 512 (as in the Keras example)
@@ -138,6 +138,6 @@ def scratch(dataset: Dataset, settings: ScratchSettings = ScratchSettings(), lab
             options: TrainOptions = TrainOptions(), root=None, resume: bool = False, progress: bool = True,
             callbacks=()) -> dict:
     """Train ``settings.model`` from scratch on ``dataset``; return the saved result record."""
-    images = dataset.splits[train_split_name(dataset)].images
+    images = dataset.splits[dataset.train_split].images
     recipe = ScratchRecipe(settings, settings.input_size or native_size(images))
     return train_and_evaluate(recipe, dataset, label_set, options, root, resume, progress, callbacks)

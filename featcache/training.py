@@ -96,17 +96,12 @@ class TrainingData:
         return self.dataset.class_names[self.label_set]
 
 
-def train_split_name(dataset: Dataset) -> str:
-    """"train", or the only split of a dataset without one (a folder without train/ and test/)."""
-    return "train" if "train" in dataset.splits else next(iter(dataset.splits))
-
-
 def training_data(dataset: Dataset, label_set: str | None = None) -> TrainingData:
     label_set = label_set or dataset.label_sets[0]
     if label_set not in dataset.class_names:
         raise FeatcacheError(f"dataset {dataset.name} has no label set {label_set!r} "
                              f"(it has {', '.join(dataset.label_sets)})")
-    train_name = train_split_name(dataset)
+    train_name = dataset.train_split
     train, test = dataset.splits[train_name], dataset.splits.get("test") if train_name != "test" else None
     return TrainingData(dataset, dataset.fingerprint, label_set, train.images, train.labels[label_set],
                         test and test.images, test and test.labels[label_set])

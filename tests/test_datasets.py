@@ -196,6 +196,15 @@ def test_dataset_with_one_class_is_refused(tmp_path, name):
         load_dataset(f"folder:{tmp_path}" if name == "folder" else name)
 
 
+def test_a_label_set_with_one_class_is_refused_when_chosen(root):
+    """synthetic:classes=2 has two fine classes and one coarse group: it loads, and fitting coarse labels fails."""
+    from featcache.evaluation import fold_indices
+
+    data = load_dataset("synthetic:classes=2")
+    with pytest.raises(FeatcacheError, match="a single class"):
+        fold_indices(data.splits["train"].labels["coarse"], 2, 0)
+
+
 def _write_garbage(path):
     path.write_bytes(b"this is not a tar.gz")
 
