@@ -50,7 +50,7 @@ def test_unreadable_records_are_named_and_skipped(broken, root, tmp_path):
 
 
 def leftovers(root) -> dict:
-    """Folders a killed fit leaves, a resumable training run, and one a running fit owns."""
+    """Folders a killed fit leaves, and a resumable training run."""
     folders = {name: records.record_folder(f"20261125-101500-{name}-cccccc", root)
                for name in ("empty", "tmp", "head", "run")}
     for folder in folders.values():
