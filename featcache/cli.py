@@ -309,23 +309,24 @@ def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, p
     click.echo(f"features: {found.path.name} ({', '.join(f'{s} {n:,}' for s, n in found.rows.items())})")
     features = load_features(found, label_set)
     saved = fit_heads(estimators, features, grid, folds, seed, test, jobs, obj["root"])
-    _print_results(saved)
+    _print_results(saved, ranked=True)
+    for record in saved:
+        for old in record["_replaced"]:
+            click.echo(f"{record['id']} replaces the identical earlier record {old}")
 
 
-def _print_results(saved):
-    """One line per record; "-" where it has no CV (finetune and scratch runs without --folds) or no test."""
-    click.echo(f"{'approach':<44}{'CV accuracy':>18}{'test':>9}{'fit s':>9}  record")
-    for r in saved:
-        summary, test = r["cv"]["summary"], r.get("test") or {}
-        accuracy = (f"{summary['accuracy']['mean'] * 100:>10.2f} +/- {summary['accuracy']['std'] * 100:4.2f}"
-                    if summary else f"{'-':>18}")
-        fit_s = summary["fit_seconds"]["mean"] if summary else test.get("fit_seconds")
-        click.echo(f"{r['approach']:<44}{accuracy}{_percent(test.get('accuracy')):>9}"
-                   f"{'-' if fit_s is None else f'{fit_s:.1f}':>9}  {r['id']}")
+def _print_results(saved, ranked=False):
+    """The report's summary table of ``saved`` (best first when ``ranked``), with each record's id."""
+    from featcache.report_tables import Entry, rank, summary_table
+
+    entries = rank(saved) if ranked else [Entry(r["approach"], r) for r in saved]
+    click.echo(summary_table(entries, record_ids=True).text())
 
 
-def _percent(value):
-    return "-" if value is None else f"{value * 100:.2f}"
+def _skipped(unreadable):
+    """One line on stderr per unreadable record; not fatal."""
+    for _, problem in unreadable:  # the problem names the file
+        click.echo(f"skipped unreadable record: {problem}", err=True)
 
 
 def _training_options(command):
@@ -440,7 +441,7 @@ def list_heads():
 
 @main.group()
 def results():
-    """List result records."""
+    """List and remove result records."""
 
 
 @results.command("ls")
@@ -454,8 +455,43 @@ def results_ls(obj):
         _print_results(saved)
     elif not unreadable:
         click.echo("no result records: run `featcache fit`")
-    for path, problem in unreadable:
-        click.echo(f"unreadable, skipped: {path}: {problem}")
+    _skipped(unreadable)
+
+
+@results.command("rm")
+@click.argument("refs", nargs=-1)
+@click.option("--incomplete", is_flag=True,
+              help="Remove what killed fits left (folders without record.json that no running process owns).")
+@click.option("--yes", is_flag=True, help="Remove every record a prefix matches without asking.")
+@click.pass_obj
+def results_rm(obj, refs, incomplete, yes):
+    """Remove result records by id or id prefix, and with --incomplete the leftovers of killed fits."""
+    from featcache import records
+
+    if not refs and not incomplete:
+        raise click.UsageError("give record ids or prefixes, or --incomplete")
+    for ref in refs:
+        folders = records.matching_folders(ref, obj["root"])
+        if not folders:
+            raise FeatcacheError(f"no result record matches {ref!r}: list them with `featcache results ls`")
+        if len(folders) > 1 and not yes and not _confirm(f"remove the {len(folders)} records matching {ref!r}: "
+                                                         f"{', '.join(f.name for f in folders)}?"):
+            raise FeatcacheError(f"{len(folders)} records match {ref!r}; nothing removed: give the whole id, "
+                                 "or --yes to remove them all")
+        for folder in folders:
+            records.remove_folder(folder)
+            click.echo(f"removed {folder.name}")
+    if incomplete:
+        removed = records.remove_leftovers(obj["root"])
+        click.echo(f"removed {len(removed)} leftover folders of killed fits" + "".join(f"\n  {f}" for f in removed))
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; no answer (no terminal) is no."""
+    try:
+        return click.confirm(question, default=False)
+    except click.Abort:
+        return False
 
 
 @main.command()
@@ -471,10 +507,14 @@ def report(obj, record_refs, dataset, backbone, label_set, out_dir, strict):
     from pathlib import Path
 
     from featcache import paths
-    from featcache.records import list_records, load_record
+    from featcache.records import load_record, scan_records
     from featcache.report import build_report, select_records
 
-    chosen = [load_record(r, obj["root"]) for r in record_refs] or list_records(obj["root"])
+    if record_refs:
+        chosen = [load_record(r, obj["root"]) for r in record_refs]
+    else:
+        chosen, unreadable = scan_records(obj["root"])
+        _skipped(unreadable)
     if chosen and (dataset or backbone or label_set):
         chosen = select_records(chosen, dataset, backbone, label_set)
     built = build_report(chosen, Path(out_dir) if out_dir else paths.reports_dir(obj["root"]), strict=strict)
@@ -489,26 +529,29 @@ def report(obj, record_refs, dataset, backbone, label_set, out_dir, strict):
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--dataset", help="With --result best: only records of this dataset.")
 @click.option("--label", "label_set", help="With --result best: only records of this label set.")
-@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--top-k", type=click.IntRange(1), default=5, show_default=True,
+              help="Classes per image, at most the record's class count.")
 @click.option("--out", "out_csv", type=click.Path(dir_okay=False), default="predictions.csv", show_default=True,
               help="CSV of every image's top-k classes and probabilities.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded (they are listed).")
-@click.option("--show", type=int, default=20, show_default=True, help="Images to print in the table.")
+@click.option("--show", type=click.IntRange(0), default=20, show_default=True, help="Images to print in the table.")
 @click.pass_obj
 def predict(obj, record_ref, inputs, dataset, label_set, top_k, out_csv, batch_size, skip_bad, show):
     """Classify images (files, folders or glob patterns) with a result record's model."""
     from pathlib import Path
 
-    from featcache.predict import choose_record, predict as run_predict, write_csv
+    from featcache.predict import check_output, choose_record, collect_images, predict as run_predict, ranks, write_csv
 
-    record = choose_record(record_ref, obj["root"], dataset, label_set)
+    check_output(Path(out_csv))
+    images = collect_images(inputs)
+    record = choose_record(record_ref, obj["root"], dataset, label_set, _skipped)
     if record_ref == "best":
         accuracy = record["cv"]["summary"]["accuracy"]["mean"] * 100
         click.echo(f"best record: {record['id']} ({record['approach']}, CV accuracy {accuracy:.2f}%)")
-    predictions, skipped = run_predict(record, inputs, top_k, batch_size, skip_bad)
+    predictions, skipped = run_predict(record, images, top_k, batch_size, skip_bad)
     count = 0
-    for count, p in enumerate(write_csv(predictions, Path(out_csv), top_k), start=1):
+    for count, p in enumerate(write_csv(predictions, Path(out_csv), ranks(record, top_k)), start=1):
         if count <= show:
             ranked = "  ".join(f"{c} {q * 100:.1f}%" for c, q in zip(p.classes, p.probabilities))
             click.echo(f"{str(p.path):<50} {ranked}")
@@ -527,10 +570,11 @@ def predict(obj, record_ref, inputs, dataset, label_set, top_k, out_csv, batch_s
 @click.pass_obj
 def export(obj, record_ref, out_dir, dataset, label_set):
     """Write a record's model as a folder that loads without the cache: featcache.load_model(DIR)."""
-    from featcache.export import export as run_export
+    from featcache.export import check_empty, export as run_export
     from featcache.predict import choose_record
 
-    record = choose_record(record_ref, obj["root"], dataset, label_set)
+    check_empty(out_dir)
+    record = choose_record(record_ref, obj["root"], dataset, label_set, _skipped)
     folder = run_export(record, out_dir)
     click.echo(f"exported {record['approach']} ({record['id']}) to {folder}")
     click.echo(f"load it with: featcache.load_model({str(folder)!r}).predict_proba(images)")

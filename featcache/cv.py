@@ -4,13 +4,16 @@ The features are read from HDF5 once per run (:func:`load_features`); each head 
 classifier, cloned for every fit) is then fitted on each training fold (with an optional inner grid
 search that sees the training fold only), scored on the held-out fold, refitted on the whole
 training split, optionally scored on the test split, and written out as a result record with its
-fitted model (:func:`fit_heads`).
+fitted model (:func:`fit_heads`). A rerun with identical settings replaces its earlier record (the
+new one is written first), and a fit first removes the leftovers of killed fits
+(:func:`featcache.records.remove_leftovers`).
 """
 
 import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.base import clone
@@ -135,6 +138,8 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     if test and features.x_test is None:
         raise FeatcacheError("test=True needs a test split, and this cache has none")
     split = fold_indices(features.y_train, folds, seed)
+    records.remove_leftovers(root)
+    earlier = records.list_records(root)
     saved = []
     with tqdm(total=len(named) * len(split), unit="fold", disable=not progress) as bar:
         for name, estimator in named.items():
@@ -147,16 +152,26 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
                 metrics, predicted = scores(final, features.x_test, features.y_test, n_classes)
                 test_result = {**metrics, "fit_seconds": fit_seconds,
                                "confusion_matrix": confusion(features.y_test, predicted, n_classes)}
-            record = _record(name, final, chosen, features, folds, seed, fold_metrics, matrix, test_result)
-            folder = records.record_folder(record["id"], root)
-            folder.mkdir(parents=True, exist_ok=True)
-            record["model_file"] = heads.save_head(final, folder)
-            records.save_record(record, root)
-            saved.append(record)
+            record = _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result)
+            saved.append(_save(record, final, earlier, root))
     return saved
 
 
-def _record(name, final, chosen, features, folds, seed, fold_metrics, matrix, test_result) -> dict:
+def _save(record: dict, head, earlier: list[dict], root) -> dict:
+    """Save the head and its record, then remove the earlier records of an identical fit, which it replaces
+    (listed in the returned record's ``_replaced``)."""
+    folder = records.record_folder(record["id"], root)
+    with records.RunLock(folder):
+        record["model_file"] = heads.save_head(head, folder)
+        records.save_record(record, root)
+    same = records.fit_settings(record)
+    replaced = [r for r in earlier if records.fit_settings(r) == same]
+    for old in replaced:
+        records.remove_folder(Path(old["_folder"]))
+    return {**record, "_replaced": [r["id"] for r in replaced]}
+
+
+def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result) -> dict:
     provenance = features.cache.provenance
     tuned = "".join(f" {k}={v}" for k, v in (chosen or {}).items())
     return records.build_record(
@@ -169,8 +184,8 @@ def _record(name, final, chosen, features, folds, seed, fold_metrics, matrix, te
         features={"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
                   "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
                   "cache_key": provenance["key"], "cache_file": str(features.cache.path)},
-        cv={"folds": folds, "seed": seed, "fold_metrics": fold_metrics, "summary": summarize(fold_metrics),
-            "confusion_matrix": matrix},
+        cv={"folds": folds, "seed": seed, "grid": grid or None, "fold_metrics": fold_metrics,
+            "summary": summarize(fold_metrics), "confusion_matrix": matrix},
         test=test_result,
     )
 

@@ -60,14 +60,20 @@ def image_model(spec: BackboneSpec):
     return keras.Model(images, features, name=f"{spec.name}_features")
 
 
+def check_empty(out_dir) -> None:
+    """Fail now, before any model is loaded, unless ``out_dir`` is a new or empty folder."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FeatcacheError(f"{out_dir} is not empty: choose a new folder for out_dir")
+
+
 def export(record: dict, out_dir: Path) -> Path:
     """Write the record's model as a self-contained folder; return the folder."""
+    check_empty(out_dir)
     from featcache.backend import keras
 
     spec, head = feature_spec(record), load_head(record)
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise FeatcacheError(f"{out_dir} is not empty: choose a new folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     features = image_model(spec)
     if hasattr(head, "to_keras"):  # a Keras head: one end-to-end model
@@ -162,10 +168,9 @@ def _same_size_groups(images, batch_size: int = 32):
 
 def _pixels(image) -> np.ndarray:
     if isinstance(image, (str, Path)):
-        from PIL import Image
+        from featcache.datasets import decode_image
 
-        with Image.open(image) as opened:
-            return np.asarray(opened.convert("RGB"), dtype=np.uint8)
+        return decode_image(image)  # as extraction decodes it: EXIF orientation, transparency, 16 bits
     pixels = np.asarray(image)
     if pixels.ndim != 3 or pixels.shape[-1] != 3 or pixels.dtype != np.uint8:
         raise FeatcacheError(f"an image must be a path or a uint8 (height, width, 3) array, got {pixels.dtype} {pixels.shape}")

@@ -8,6 +8,7 @@ extraction (:mod:`featcache.images`), so a folder of 100,000 images is classifie
 
 import csv
 import glob
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,22 +17,27 @@ import numpy as np
 from featcache import heads, records
 from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
 from featcache.datasets import IMAGE_SUFFIXES, open_images
-from featcache.errors import FeatcacheError, ParameterError
+from featcache.errors import FeatcacheError
 from featcache.evaluation import class_scores
 from featcache.images import feature_batches, image_batches
+from featcache.params import Interval, check
 
 TRAINED_KINDS = ("finetune", "scratch")  # records whose saved model takes images, not features
 
 
-def choose_record(ref: str, root=None, dataset=None, label_set=None) -> dict:
+def choose_record(ref: str, root=None, dataset=None, label_set=None, on_unreadable=None) -> dict:
     """A record by id or path, or with ``best`` the one with the highest CV accuracy (then test accuracy).
 
-    ``best`` considers only records with a CV accuracy (finetune and scratch runs without --folds have none).
+    ``best`` considers only readable records with a CV accuracy (finetune and scratch runs without --folds
+    have none); ``on_unreadable`` is called with the (path, problem) pairs of the unreadable ones.
     """
     if ref != "best":
         return records.load_record(ref, root)
+    readable, unreadable = records.scan_records(root)
+    if on_unreadable is not None:
+        on_unreadable(unreadable)
     candidates = [
-        r for r in records.list_records(root)
+        r for r in readable
         if r.get("model_file") and "accuracy" in r["cv"]["summary"]
         and dataset in (None, r["dataset"]["name"], r["dataset"]["fingerprint"])
         and label_set in (None, r["dataset"]["label_set"])
@@ -63,11 +69,20 @@ def feature_spec(record: dict) -> BackboneSpec:
 
 
 def load_head(record: dict):
-    from featcache import heads
-
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: fit it again")
-    return heads.load_head(Path(record["_folder"]) / record["model_file"])
+    return load_model_file(heads.load_head, Path(record["_folder"]) / record["model_file"])
+
+
+def load_model_file(load, path: Path):
+    """``load(path)``, with any failure of a damaged file as one FeatcacheError naming it."""
+    try:
+        return load(path)
+    except FeatcacheError:
+        raise
+    except Exception as exc:  # unpickling and Keras loading fail in many ways on a damaged file
+        raise FeatcacheError(f"cannot load the saved model {path} ({type(exc).__name__}: {exc}): "
+                             "fit it again") from None
 
 
 def collect_images(inputs) -> list[Path]:
@@ -96,21 +111,38 @@ class Prediction:
     probabilities: list[float]
 
 
+def ranks(record: dict, top_k: int) -> int:
+    """How many classes a prediction lists: ``top_k``, at most the record's class count."""
+    return min(top_k, len(record["dataset"]["class_names"]))
+
+
+def check_output(path: Path) -> None:
+    """Fail now, not after loading the model, when the file ``path`` cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise FeatcacheError(f"cannot write {path} ({exc.strerror}): choose another output file") from None
+
+
 def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad: bool = False, progress=True):
-    """Yield a :class:`Prediction` per image, batch by batch; ``skipped`` lists left-out files.
+    """Yield a :class:`Prediction` per image, batch by batch, with its ``top_k`` (at most every) classes;
+    ``skipped`` lists left-out files. The images are checked before the model is loaded.
 
     Returns (generator, skipped paths).
     """
     from tqdm import tqdm
 
-    if top_k < 1:
-        raise ParameterError("top_k", top_k, "an integer >= 1")
+    for name, value in (("top_k", top_k), ("batch_size", batch_size)):
+        check(name, value, [Interval(int, 1, None)])
+    top_k = ranks(record, top_k)
     class_names = np.array(record["dataset"]["class_names"])
+    images, _, skipped = open_images(collect_images(inputs), skip_bad)
     if record["kind"] in TRAINED_KINDS:
         batches, probabilities = trained_model(record, batch_size)
     else:
         batches, probabilities = head_on_features(record, batch_size, len(class_names))
-    images, _, skipped = open_images(collect_images(inputs), skip_bad)
 
     def generate():
         row = 0
@@ -143,7 +175,7 @@ def trained_model(record: dict, batch_size: int):
 
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: train it again")
-    model = keras.saving.load_model(Path(record["_folder"]) / record["model_file"])
+    model = load_model_file(keras.saving.load_model, Path(record["_folder"]) / record["model_file"])
     provenance = record["model"]
     transform = get_backbone(provenance["backbone"]["name"]).preprocess_input() if provenance["backbone"] \
         else (lambda batch: batch)

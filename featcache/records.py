@@ -18,7 +18,7 @@ A record is a plain dict:
                    "cache_key", "cache_file"}     # heads on cached features; null otherwise
       "model": {"backbone": BackboneSpec.to_record() (finetune) | null, "architecture": null | "wrn-28-10",
                 "weights_sha256", "input_size", "preprocessing", ...settings}   # finetune/scratch; null for heads
-      "cv": {"folds", "seed",
+      "cv": {"folds", "seed", "grid": {parameter: values} | null (heads),
              "fold_metrics": [{"accuracy", "top5_accuracy", "kappa", "log_loss", "macro_f1",
                                "fit_seconds", "predict_seconds"}, ...],
              "summary": {metric: {"mean", "std"}},
@@ -32,13 +32,19 @@ A record is a plain dict:
 
 Metrics a head cannot produce (log loss without probabilities) are null. Version 1 records (flat
 backbone fields) are read and migrated by :func:`migrate_v1`.
+
+A folder without record.json is an unfinished run: a finetune/scratch run with its run.json
+(resumable), a fit that is still writing (it holds fit.lock, :class:`RunLock`), or the leftover of
+a killed fit, which :func:`remove_leftovers` removes.
 """
 
 import datetime
+import fcntl
 import json
 import os
 import platform
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -50,6 +56,11 @@ from featcache.files import write_json
 FORMAT_NAME, FORMAT_VERSION = "featcache-result", 2
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 RECORD_FILE = "record.json"
+RUN_FILE = "run.json"  # a resumable finetune/scratch run (featcache.training): never a leftover
+LOCK_FILE = "fit.lock"  # held by the fit process writing the folder
+REQUIRED = {"id": str, "created": str, "kind": str, "approach": str, "dataset": dict, "cv": dict}
+REQUIRED_IN = {"dataset": {"name": str, "label_set": str, "class_names": list},
+               "cv": {"folds": int, "seed": int, "summary": dict, "fold_metrics": list}}
 
 
 def new_record_id(name: str) -> str:
@@ -81,9 +92,12 @@ def machine_info() -> dict:
 
 def backbone_label(backbone: dict) -> str:
     """A backbone record as a short name with every option that changes its features:
-    ``mobilenetv2(alpha=0.35)-224-avg``."""
+    ``mobilenetv2(alpha=0.35)-224-avg``, then ``-random<seed>`` or ``-<weights file name>`` unless ImageNet's."""
     options = ",".join(f"{k}={v}" for k, v in sorted((backbone.get("options") or {}).items()))
-    return f"{backbone['name']}{f'({options})' if options else ''}-{backbone['input_size']}-{backbone['pooling']}"
+    weights = backbone.get("weights") or "imagenet"
+    source = {"imagenet": "", "none": f"-random{backbone.get('seed', 0)}"}.get(weights, f"-{Path(weights).name}")
+    return (f"{backbone['name']}{f'({options})' if options else ''}-{backbone['input_size']}-{backbone['pooling']}"
+            f"{source}")
 
 
 def build_record(*, kind: str, name: str, approach: str, params: dict, dataset: dict, cv: dict, test,
@@ -117,10 +131,11 @@ def dataset_entry(name: str, fingerprint: str, label_set: str, class_names: list
 
 
 def save_record(record: dict, root=None) -> Path:
-    """Write ``record`` (which must carry an ``id``) atomically; return its folder."""
+    """Write ``record`` (which must carry an ``id``) atomically; return its folder. Keys starting with "_"
+    (set when reading or fitting) are not stored."""
     folder = record_folder(record["id"], root)
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"format": FORMAT, **{k: v for k, v in record.items() if k != "_folder"}}
+    record = {"format": FORMAT, **{k: v for k, v in record.items() if not k.startswith("_")}}
     write_json(folder / RECORD_FILE, record, default=_jsonable)
     return folder
 
@@ -149,11 +164,18 @@ def read_record(path: Path) -> dict:
     version = formats.check_version(record.get("format"), FORMAT_NAME, FORMAT_VERSION, path)
     if version == FORMAT_VERSION - 1:
         record = migrate_v1(record)
-    missing = [key for key in ("id", "created", "kind", "approach", "dataset", "cv") if key not in record]
+    missing = _missing(record, REQUIRED) or [f"{part}.{key}" for part, fields in REQUIRED_IN.items()
+                                             for key in _missing(record[part], fields)]
     if missing:
-        raise FeatcacheError(f"{path} lacks {', '.join(missing)}: remove it with `featcache results rm`")
+        raise FeatcacheError(f"{path} lacks a valid {', '.join(missing)}: remove it with `featcache results rm`")
     record["_folder"] = str(Path(path).parent)
     return record
+
+
+def _missing(values: dict, fields: dict) -> list[str]:
+    """The fields absent from ``values`` or of another type (bool is no int)."""
+    return [key for key, kind in fields.items()
+            if not isinstance(values.get(key), kind) or (kind is int and isinstance(values[key], bool))]
 
 
 def migrate_v1(record: dict) -> dict:
@@ -203,6 +225,82 @@ def scan_records(root=None) -> tuple[list[dict], list[tuple[Path, str]]]:
 def list_records(root=None) -> list[dict]:
     """Every readable record under the results folder, oldest first."""
     return scan_records(root)[0]
+
+
+def matching_folders(ref: str, root=None) -> list[Path]:
+    """The record folders (readable or not) named ``ref``, else those whose name starts with it."""
+    folders = sorted(p.parent for p in paths.results_dir(root).glob(f"*/{RECORD_FILE}"))
+    exact = [f for f in folders if f.name == ref]
+    return exact or [f for f in folders if f.name.startswith(ref)]
+
+
+def remove_folder(folder: Path) -> None:
+    """Remove a record folder: its record.json first, so a half-removed folder is never listed as a record."""
+    (folder / RECORD_FILE).unlink(missing_ok=True)
+    shutil.rmtree(folder)
+
+
+class RunLock:
+    """Marks a new result folder as owned by this process while it is written: an exclusive flock on its
+    fit.lock, which the kernel drops when the process dies, even by SIGKILL. The folder is made under a
+    hidden name (never a leftover) with the lock held, then renamed, so it is never seen unowned."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def __enter__(self):
+        staging = self.folder.with_name(f".{self.folder.name}")
+        staging.mkdir(parents=True)
+        self.handle = open(staging / LOCK_FILE, "w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        staging.rename(self.folder)
+        return self
+
+    def __exit__(self, *exc):
+        (self.folder / LOCK_FILE).unlink(missing_ok=True)
+        self.handle.close()
+
+
+def _owned(folder: Path) -> bool:
+    lock = folder / LOCK_FILE
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
+def leftovers(root=None) -> list[Path]:
+    """Folders a killed fit left under results/: no record.json, no run.json (a resumable training run),
+    and no running process owns them."""
+    folder = paths.results_dir(root)
+    if not folder.is_dir():
+        return []
+    return [f for f in sorted(folder.iterdir()) if f.is_dir() and not f.name.startswith(".")
+            and not (f / RECORD_FILE).exists()
+            and not (f / RUN_FILE).exists() and not _owned(f)]
+
+
+def remove_leftovers(root=None) -> list[Path]:
+    """Remove :func:`leftovers`; return them."""
+    found = leftovers(root)
+    for folder in found:
+        shutil.rmtree(folder)
+    return found
+
+
+def fit_settings(record: dict) -> str | None:
+    """What makes two fitted heads the same fit (cache, label set, head and its parameters, folds, seed,
+    grid, test split), as canonical JSON; None for finetune and scratch records."""
+    if record["kind"] != "head" or not record.get("features"):
+        return None
+    grid = record["cv"].get("grid") or {}
+    return json.dumps([record["features"].get("cache_key"), record["dataset"]["label_set"], record["head"],
+                       {k: v for k, v in record.get("params", {}).items() if k not in grid}, record["cv"]["folds"],
+                       record["cv"]["seed"], grid, record.get("test") is not None], sort_keys=True, default=_jsonable)
 
 
 def pipeline(record: dict) -> dict:

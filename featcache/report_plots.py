@@ -6,24 +6,33 @@ called from a notebook or a long-running process).
 """
 
 import io
+import textwrap
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 ANNOTATE_CELLS_UP_TO = 15  # classes; beyond this the counts in the heatmap cells are unreadable
 LABEL_TICKS_UP_TO = 40  # classes; beyond this the class names on the axes overlap
+WRAP = 40  # characters per line of an approach name
+LINE_INCHES = 0.16  # height of one line of 8-point text
+MARKERS = "osD^vP*Xh<>"  # with 10 colours: 110 approaches before a marker and colour repeat
 
 
 def accuracy_plot(labels, means, stds, tests) -> bytes:
-    """CV accuracy (%) ± std over folds per approach, best at the top; test accuracy as crosses."""
+    """CV accuracy (%) ± std over folds per approach, best at the top; test accuracy as crosses.
+
+    Long approach names are wrapped, and each row is as tall as the longest wrapped name."""
+    wrapped = _wrapped(labels)
+    lines = max(label.count("\n") + 1 for label in wrapped)
     y = np.arange(len(labels))[::-1]
-    fig = _figure(7, 1.2 + 0.4 * len(labels))
+    fig = _figure(9, 1.2 + (0.1 + LINE_INCHES * lines) * len(labels))
     ax = fig.add_subplot()
     ax.errorbar(_percent(means), y, xerr=_percent(stds), fmt="o", capsize=4, label="CV mean ± std")
     if any(t is not None for t in tests):
         ax.plot(_percent(tests), y, "x", color="tab:red", label="test")
-    ax.set_yticks(y, labels)
+    ax.set_yticks(y, wrapped, fontsize=8)
     ax.set_xlabel("accuracy (%)")
     ax.grid(axis="x", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=2, fontsize="small")
@@ -31,17 +40,20 @@ def accuracy_plot(labels, means, stds, tests) -> bytes:
 
 
 def accuracy_vs_time_plot(labels, fit_seconds, means, stds) -> bytes:
-    """CV accuracy (%) against fit time per fold on a log axis, each point labelled."""
-    fig = _figure(7, 4.5)
+    """CV accuracy (%) against fit time per fold on a log axis; each approach has its own marker and colour,
+    named in a legend below the plot (labels beside the points would overlap)."""
+    wrapped = _wrapped(labels)
+    fig = _figure(9, 4.5 + LINE_INCHES * sum(label.count("\n") + 1 for label in wrapped))
     ax = fig.add_subplot()
-    ax.errorbar(fit_seconds, _percent(means), yerr=_percent(stds), fmt="o", capsize=3)
-    for label, x, y in zip(labels, fit_seconds, _percent(means)):
-        ax.annotate(label, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+    colours = matplotlib.color_sequences["tab10"]
+    for i, (label, x, y, std) in enumerate(zip(wrapped, fit_seconds, _percent(means), _percent(stds))):
+        ax.errorbar(x, y, yerr=std, fmt=MARKERS[i % len(MARKERS)], color=colours[i % len(colours)], capsize=3,
+                    label=label)
     ax.set_xscale("log")
-    ax.margins(x=0.12)  # room for the labels of the outermost points
     ax.set_xlabel("fit time per fold (s, log scale)")
     ax.set_ylabel("CV accuracy (%)")
     ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8)
     return _png(fig)
 
 
@@ -66,6 +78,10 @@ def confusion_plot(matrix, class_names, title: str) -> bytes:
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize=10)
     return _png(fig)
+
+
+def _wrapped(labels) -> list[str]:
+    return [textwrap.fill(label, WRAP, break_long_words=False, break_on_hyphens=False) for label in labels]
 
 
 def _figure(width: float, height: float) -> Figure:

@@ -1,8 +1,8 @@
 """The report's tables: figures read from result records and formatted as cells.
 
 Accuracies (and top-5) are in percent, kappa as is, times in seconds per fold (the mean over the CV
-folds); a value a record does not have shows as "—". A :class:`Table` renders itself as Markdown,
-HTML or aligned terminal text, so every output shows the same cells.
+folds), each column in one precision; a value a record does not have shows as "—". A :class:`Table`
+renders itself as Markdown, HTML or aligned terminal text, so every output shows the same cells.
 """
 
 import html
@@ -92,22 +92,18 @@ def number(value, digits: int = 3) -> str:
     return MISSING if value is None else f"{value:.{digits}f}"
 
 
-def seconds(value) -> str:
-    if value is None:
-        return MISSING
-    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
-
-
-def summary_table(entries: list[Entry]) -> Table:
+def summary_table(entries: list[Entry], record_ids: bool = False) -> Table:
+    """The main comparison; with ``record_ids`` a last column holds each record's id."""
     headers = ["Approach", "Kind", "CV accuracy %", "Test accuracy %", "CV top-5 %", "CV kappa",
-               "Fit s/fold", "Predict s/fold"]
+               "Fit s/fold", "Predict s/fold"] + ["Record"] * record_ids
     rows = []
     for e in entries:
         mean, std = e.cv("accuracy")
         cv_cell = MISSING if mean is None else f"{percent(mean)} ± {percent(std)}"
         rows.append([e.label, e.record["kind"], cv_cell, percent(e.test("accuracy")), percent(e.cv("top5_accuracy")[0]),
-                     number(e.cv("kappa")[0]), seconds(e.cv("fit_seconds")[0]), seconds(e.cv("predict_seconds")[0])])
-    return Table(headers, rows, "llrrrrrr")
+                     number(e.cv("kappa")[0]), number(e.cv("fit_seconds")[0], 2), number(e.cv("predict_seconds")[0], 2)]
+                    + [e.record["id"]] * record_ids)
+    return Table(headers, rows, "llrrrrrr" + "l" * record_ids)
 
 
 def fold_table(entries: list[Entry], folds: int) -> Table:
@@ -132,7 +128,7 @@ def paired_table(entries: list[Entry], alpha: float = 0.05) -> Table:
             rows.append([e.label, MISSING, MISSING, MISSING, MISSING])
             continue
         test = corrected_resampled_ttest(best, accuracies)
-        rows.append([e.label, f"{100 * test.difference:.2f}", f"{test.t:.3f}", f"{test.p:.3g}",
+        rows.append([e.label, f"{100 * test.difference:.2f}", f"{test.t:.3f}", f"{test.p:.4f}",
                      "yes" if test.significant(alpha) else "no"])
     return Table(headers, rows, "lrrrl")
 

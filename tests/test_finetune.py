@@ -190,7 +190,8 @@ def test_cli_finetune_from_a_head_then_report_and_predict(spec, root, tmp_path):
                     "--weights", spec.weights, "--dataset", DATASET, "--epochs", "1", "--unfreeze", "0",
                     "--batch-size", "32", "--init-head", mlp["id"])
     assert code == 0, out
-    assert "finetune mobilenetv2(alpha=0.35)-32-avg (unfreeze 0, from a fitted head)" in out
+    weights = spec.weights.rsplit("/", 1)[-1]
+    assert f"finetune mobilenetv2(alpha=0.35)-32-avg-{weights} (unfreeze 0, from a fitted head)" in out
     record_id = out.strip().splitlines()[-1].split()[-1]
     saved = records.load_record(record_id, root)
     assert saved["params"]["init_head"].endswith(f"{mlp['id']}/model.keras")

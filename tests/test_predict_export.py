@@ -1,6 +1,7 @@
 """predict and export: a record's model applied to new images, and shipped as a folder."""
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +17,7 @@ from featcache import cv, records
 from featcache.backbones import build_feature_model, make_spec
 from featcache.cache import FeatureCache
 from featcache.datasets import load_dataset
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, ParameterError
 from featcache.export import export
 from featcache.extract import extract
 from featcache.predict import predict
@@ -116,3 +117,55 @@ def test_cli_predict_best_writes_a_csv(fitted, tmp_path, monkeypatch):
     assert lines[1].split(",")[1] in CLASSES
     missing = CliRunner().invoke(main, ["predict", str(tmp_path / "nothing-*.png")])
     assert missing.exit_code == 2 and "no image matches" in missing.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "--batch-size"), (["--batch-size", "-4"], "--batch-size"), (["--top-k", "0"], "--top-k")])
+def test_cli_predict_refuses_bad_numbers(fitted, tmp_path, monkeypatch, args, message):
+    monkeypatch.setenv("FEATCACHE_CACHE", str(fitted["root"]))
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(main, ["predict", str(fitted["images"] / "red"), "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output and not out.exists()
+    with pytest.raises(ParameterError, match="batch_size=0"):
+        predict(fitted["records"]["logreg"], [fitted["images"]], batch_size=0)
+
+
+def test_top_k_is_capped_at_the_classes(fitted, tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_CACHE", str(fitted["root"]))
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(main, ["predict", str(fitted["images"] / "red"), "--top-k", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert rows[0] == ["path"] + [f"{kind}{i}" for i in (1, 2, 3) for kind in ("class", "probability")]
+    assert {len(row) for row in rows} == {7}
+
+
+def run_without_tensorflow(args, root):
+    """Run the CLI in a fresh process; (exit code, whether TensorFlow got imported)."""
+    script = ("import json, sys; from featcache.cli import main; code = main(json.loads(sys.argv[1]), "
+              "standalone_mode=False); print(json.dumps([code, 'tensorflow' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True,
+                          env={"FEATCACHE_CACHE": str(root), "PATH": ""})
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    return (*json.loads(done.stdout.strip().splitlines()[-1]), done.stderr)
+
+
+def test_bad_paths_fail_before_tensorflow_loads(fitted, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    images = str(fitted["images"] / "red")
+    for args, message in [(["predict", images, "--out", str(blocker / "p.csv")], "a-file"),
+                          (["predict", images, str(tmp_path / "missing.png")], "missing.png"),
+                          (["export", "--out", str(tmp_path)], "is not empty")]:
+        code, tensorflow, stderr = run_without_tensorflow(args, fitted["root"])
+        assert code == 2 and not tensorflow and message in stderr, stderr
+
+
+def test_garbage_model_file_is_one_clear_line(fitted, tmp_path):
+    for head_name in ("logreg", "mlp"):
+        record = fitted["records"][head_name]
+        folder = tmp_path / head_name
+        shutil.copytree(record["_folder"], folder)
+        (folder / record["model_file"]).write_bytes(b"garbage")
+        with pytest.raises(FeatcacheError, match=f"{folder / record['model_file']}.*fit it again"):
+            predict({**record, "_folder": str(folder)}, [fitted["images"]])

@@ -217,3 +217,69 @@ def test_rerun_approaches_keep_apart_by_record_id():
     rerun["id"] = "20261126-090000-svm-def456"
     assert [e.label for e in rank([first, rerun])] == [
         "svm on a [20261125-101500-svm-abc123]", "svm on a [20261126-090000-svm-def456]"]
+
+
+def overlapping(texts) -> bool:
+    boxes = [t.get_window_extent() for t in texts if t.get_text()]
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def test_plot_labels_do_not_overlap_with_many_long_names(monkeypatch):
+    from featcache import report_plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", figures.append)
+    labels = [f"{head} C={c} on mobilenetv2(alpha=0.35)-224-avg-float16 [2026112{c}-101500-{head}-abc123]"
+              for head in ("svm", "logreg", "knn", "xgboost") for c in range(5)]
+    n = len(labels)
+    means, stds = np.linspace(0.7, 0.9, n), [0.01] * n
+    plots.accuracy_plot(labels, means, stds, [None] * n)
+    plots.accuracy_vs_time_plot(labels, np.geomspace(0.5, 50, n), np.full(n, 0.8) + np.arange(n) * 1e-4, stds)
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            assert not overlapping(ax.get_yticklabels()) and not overlapping(ax.get_xticklabels())
+            assert not overlapping(ax.texts)
+            width, height = fig.bbox.width, fig.bbox.height
+            assert ax.bbox.width > 0.3 * width and ax.bbox.height > 0.2 * height  # the data keeps its room
+            assert all(0 <= t.get_window_extent().x0 and t.get_window_extent().x1 <= width
+                       for t in [*ax.get_yticklabels(), *ax.texts])
+
+
+def test_one_precision_per_column(records, tmp_path):
+    records[0]["cv"]["summary"]["fit_seconds"]["mean"] = 0.012
+    markdown = build_report(records, tmp_path).markdown.read_text(encoding="utf-8")
+    for heading in ("### Summary", "### Accuracy per fold", "### Paired comparison"):
+        rows = markdown_table(markdown, heading)
+        for column in rows[0]:
+            decimals = {len(row[column].partition(".")[2]) for row in rows
+                        if re.fullmatch(r"-?[\d.]+", row[column])}
+            assert len(decimals) <= 1, (heading, column, [row[column] for row in rows])
+
+
+def test_fit_and_report_print_the_same_cells(records, tmp_path, root):
+    from click.testing import CliRunner
+
+    from featcache import records as records_module
+    from featcache.cli import main
+
+    for record in records:
+        records_module.save_record(record, root)
+    listed = CliRunner().invoke(main, ["results", "ls"]).output
+    reported = build_report(records, tmp_path).text
+    for record in records:
+        accuracy = record["cv"]["summary"]["accuracy"]
+        cell = f"{100 * accuracy['mean']:.2f} ± {100 * accuracy['std']:.2f}"
+        assert cell in listed and cell in reported
+    headers = reported.splitlines()[1].split()
+    assert listed.splitlines()[0].split()[:len(headers)] == headers
+
+
+def test_approach_names_the_options_that_change_features():
+    from featcache.records import backbone_label
+
+    spec = {"name": "mobilenetv2", "options": {"alpha": 0.35}, "input_size": 224, "pooling": "avg",
+            "weights": "imagenet", "seed": 0}
+    assert backbone_label(spec) == "mobilenetv2(alpha=0.35)-224-avg"
+    assert backbone_label({**spec, "weights": "none", "seed": 3}) == "mobilenetv2(alpha=0.35)-224-avg-random3"
+    assert backbone_label({**spec, "weights": "/x/mine.h5"}) == "mobilenetv2(alpha=0.35)-224-avg-mine.h5"
