@@ -39,7 +39,6 @@ from featcache.files import write_json
 from featcache.images import image_batches
 from featcache.settings import TrainOptions
 
-RUN_FILE = "run.json"
 STATE_FILE = "state.json"
 BEST_WEIGHTS = "best.weights.h5"
 MODEL_FILE = "model.keras"
@@ -411,15 +410,17 @@ def _run_settings(recipe: Recipe, data: TrainingData, options: TrainOptions) -> 
 def _run_folder(settings: dict, name: str, root, resume: bool) -> Path:
     """The newest unfinished run with these settings (``resume``), else a new record folder."""
     if resume:
-        unfinished = [p.parent for p in sorted(paths.results_dir(root).glob(f"*/{RUN_FILE}"))
+        unfinished = [p.parent for p in sorted(paths.results_dir(root).glob(f"*/{records.RUN_FILE}"))
                       if not (p.parent / records.RECORD_FILE).exists() and json.loads(p.read_text()) == settings]
         if not unfinished:
             raise FeatcacheError(f"resume: no unfinished {name} run with these settings in "
                                  f"{paths.results_dir(root)}; start one without resume")
         return unfinished[-1]
     folder = records.record_folder(records.new_record_id(name), root)
-    folder.mkdir(parents=True)
-    write_json(folder / RUN_FILE, settings)
+    staging = folder.with_name(f".{folder.name}")  # hidden until run.json makes it a resumable run
+    staging.mkdir(parents=True)
+    write_json(staging / records.RUN_FILE, settings)
+    staging.rename(folder)
     return folder
 
 

@@ -13,7 +13,8 @@ from featcache.errors import FeatcacheError
 from featcache.report import build_report
 from featcache.scratch import scratch
 from featcache.settings import TrainOptions, scratch_settings
-from featcache.training import RUN_FILE, STATE_FILE
+from featcache.records import RUN_FILE
+from featcache.training import STATE_FILE
 
 DATASET = "synthetic:n=96,classes=4,size=16,seed=0"
 
