@@ -240,3 +240,27 @@ def test_verify_and_info_say_an_extraction_in_progress_is_to_be_waited_for(root,
         assert code == 2 and one_error_line(out) and "being extracted now by another process" in out
         assert cache.list_entries(root)[0]["status"] == "extracting 25/25 rows"
     assert "rerun `featcache extract`" in cache.verify(folder)[0]
+
+
+# 10. cache rm of a prefix
+
+
+def test_rm_of_a_prefix_asks_first_and_an_exact_name_does_not(root):
+    first = write_cache(root, np.ones((4, 3)), np.array([0, 1, 0, 1])).path
+    second = write_cache(root, np.zeros((4, 3)), np.array([0, 1, 0, 1])).path
+    code, out = run("cache", "rm", "arrays")
+    assert code == 2 and one_error_line(out) and "pass --yes" in out and first.exists() and second.exists()
+    assert run("cache", "rm", first.stem) == (0, f"removed {first}\n") and second.exists()
+    write_cache(root, np.ones((4, 3)), np.array([0, 1, 0, 1]))
+    code, out = run("cache", "rm", "arrays", "--yes")
+    assert code == 0 and not first.exists() and not second.exists()
+
+
+# 11. what a resumed extraction says
+
+
+def test_a_resumed_extraction_says_what_it_resumed_and_computed(root, small_spec):
+    unfinished(root, small_spec)
+    code, out = run("extract", "--dataset", "synthetic:n=20", *SMALL)
+    assert code == 0 and "resumed 25 images already extracted; computed 0 in " in out
+    assert "images/s" not in out
