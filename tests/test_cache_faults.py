@@ -4,6 +4,7 @@ Each ends in one ``error: ...`` line (or a ``damaged`` status) and leaves only s
 """
 
 import os
+import pty
 import shutil
 import subprocess
 import sys
@@ -254,6 +255,22 @@ def test_rm_of_a_prefix_asks_first_and_an_exact_name_does_not(root):
     write_cache(root, np.ones((4, 3)), np.array([0, 1, 0, 1]))
     code, out = run("cache", "rm", "arrays", "--yes")
     assert code == 0 and not first.exists() and not second.exists()
+
+
+def test_rm_of_a_prefix_on_a_terminal_removes_after_yes(root):
+    first = write_cache(root, np.ones((4, 3)), np.array([0, 1, 0, 1])).path
+    second = write_cache(root, np.zeros((4, 3)), np.array([0, 1, 0, 1])).path
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child, on the terminal
+        os.chdir(REPO)
+        os.execv(sys.executable, [sys.executable, "-m", "featcache.cli", "--cache-dir", str(root), "cache", "rm", "arrays"])
+    output = b""
+    while not output.rstrip().endswith(b"[y/N]:"):
+        output += os.read(terminal, 1024)
+    os.write(terminal, b"y\n")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"remove 2 cache(s) matching 'arrays'" in output and not first.exists() and not second.exists()
 
 
 # 11. what a resumed extraction says
