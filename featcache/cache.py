@@ -17,17 +17,27 @@ after the last whole chunk; when every chunk is there, the HDF5 file is written 
 name and renamed into place. So a ``.h5`` file is always complete, and an incomplete extraction is
 visibly a ``.partial`` folder. ``<stem>.lock`` (an flock) keeps two processes off the same stem.
 
+A complete ``.h5`` wins: the ``.partial`` of a process killed between the rename and the removal, and
+stray ``*.tmp`` files, are removed by the next listing or extraction that sees them (never while a
+process holds their stem) and never count as a cache. A ``.partial`` whose manifest or chunks cannot
+be read is listed as damaged, skipped where a cache is selected, and a rerun recomputes only the
+damaged chunks. A full disk ends the run with a message, leaving whole chunks to resume from.
+
 Sharding (for several processes or machines): each worker can write the same layout for its own
 row range of a split, recorded in the ``rows`` attribute of ``/<split>/features``; an HDF5 virtual
 dataset (``h5py.VirtualLayout``) over the shard files then reads them back as one array without
 copying. The reader below only relies on ``/<split>/features`` being an array, virtual or not.
 """
 
+import errno
 import fcntl
 import hashlib
+import io
 import json
+import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -78,7 +88,7 @@ class FeatureCache:
     def __init__(self, path):
         self.path = Path(path)
         if self.path.suffix == ".partial":
-            raise FeatcacheError(f"{self.path.name} is incomplete: rerun `featcache extract` with the same options to resume")
+            raise FeatcacheError(f"{self.path.name}: {unfinished_status(self.path)}")
         if not self.path.is_file():
             raise FeatcacheError(f"no cache file {self.path}: list caches with `featcache cache ls`")
         try:
@@ -107,10 +117,25 @@ class FeatureCache:
             out = np.empty(dataset.shape, dtype=dataset.dtype)
             try:
                 dataset.read_direct(out)
-            except OSError as exc:  # a chunk whose Fletcher-32 checksum does not match its bytes
-                raise FeatcacheError(f"the {split} features in {self.path} are damaged ({exc}): "
-                                     "extract them again with force=True (featcache extract --force)") from None
+            except OSError as exc:
+                raise self._damaged(split, exc) from None
             return out
+
+    def feature_chunks(self, split: str):
+        """The features of ``split``, one HDF5 chunk of rows at a time: every checksum read, little memory."""
+        self._check_split(split)
+        with h5py.File(self.path, "r") as f:
+            dataset = f[split]["features"]
+            for start in range(0, dataset.shape[0], CHUNK_ROWS):
+                try:
+                    yield dataset[start:start + CHUNK_ROWS]
+                except OSError as exc:
+                    raise self._damaged(split, exc) from None
+
+    def _damaged(self, split: str, exc: OSError) -> FeatcacheError:
+        """A chunk whose Fletcher-32 checksum does not match its bytes (or that cannot be read at all)."""
+        return FeatcacheError(f"the {split} features in {self.path} are damaged ({exc}): "
+                              "extract them again with force=True (featcache extract --force)")
 
     def labels(self, split: str, label_set: str) -> np.ndarray:
         self._check_split(split)
@@ -141,6 +166,70 @@ def lock_path(stem: str, root=None) -> Path:
     return paths.features_dir(root) / f"{stem}.lock"
 
 
+def stem_of(path: Path) -> str:
+    """The stem of any file of an extraction: ``<stem>.h5``, ``.partial``, ``.lock``, or one of these ``.tmp``."""
+    name = path.name.removesuffix(".tmp")
+    for suffix in (".h5", ".partial", ".lock"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def check_writable(root=None):
+    """Create the features folder if needed; refuse now, not by a traceback later, when it cannot be written."""
+    folder = paths.features_dir(root)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        reason = None if os.access(folder, os.W_OK) else "read-only or not permitted"
+    except OSError as exc:
+        reason = exc.strerror
+    if reason:
+        raise FeatcacheError(f"cannot write to the cache folder {folder} ({reason}): "
+                             "make it writable or pass another root (featcache --cache-dir)")
+
+
+# --- disk space --------------------------------------------------------------------------------
+
+
+def space_needed(stem: str, feature_bytes: int, root=None) -> int:
+    """Bytes an extraction still has to write: its features as chunks, then again as the HDF5 file
+    assembled from them (both exist until the chunks are removed), less the chunks already written."""
+    written = sum(_size(c) for c in partial_dir(stem, root).glob("*.npy"))
+    return max(2 * feature_bytes - written, 0)
+
+
+def check_space(stem: str, feature_bytes: int, root=None):
+    folder = paths.features_dir(root)
+    needed, free = space_needed(stem, feature_bytes, root), shutil.disk_usage(folder).free
+    if needed > free:
+        raise FeatcacheError(f"extracting needs about {needed:,} bytes free in {folder}, but only {free:,} are free: "
+                             "free some space there or pass another root (featcache --cache-dir)")
+
+
+@contextmanager
+def reporting_full_disk(stem: str, feature_bytes: int, root=None):
+    """Turn a full disk into one line: Python's writes raise ENOSPC, HDF5 says it only in its message."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC and "No space left" not in str(exc):
+            raise
+        raise FeatcacheError(
+            f"no space left in {paths.features_dir(root)}: about {space_needed(stem, feature_bytes, root):,} more "
+            "bytes are needed there; free some space, then rerun to resume from the chunks already written"
+        ) from None
+
+
+def _size(path: Path) -> int:
+    """The size of a file, 0 when another process removed it meanwhile."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+# --- the lock ----------------------------------------------------------------------------------
+
+
 class ExtractionLock:
     """An exclusive, non-blocking flock: the kernel drops it when the process dies, even by SIGKILL."""
 
@@ -165,19 +254,69 @@ class ExtractionLock:
 
 
 def is_locked(stem: str, root=None) -> bool:
-    path = lock_path(stem, root)
-    if not path.exists():
+    return _lock_held(lock_path(stem, root))
+
+
+def _lock_held(lock_file: Path) -> bool:
+    """Whether a live process holds ``lock_file``; opened for reading, so it works on a read-only root."""
+    try:
+        handle = open(lock_file)
+    except FileNotFoundError:
         return False
-    with open(path, "a+") as handle:
+    with handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
 
 
+def _lock_beside(path: Path) -> Path:
+    return path.with_name(f"{stem_of(path)}.lock")
+
+
 # --- the resumable in-progress folder ---------------------------------------------------------
+
+
+def chunk_sizes(total_rows: int) -> list[int]:
+    """Rows in each chunk of a split of ``total_rows`` rows."""
+    return [min(CHUNK_ROWS, total_rows - start) for start in range(0, total_rows, CHUNK_ROWS)]
+
+
+def chunk_file(folder: Path, split: str, index: int) -> Path:
+    return folder / f"{split}-{index:06d}.npy"
+
+
+def chunk_problem(file: Path, rows: int, width=None, dtype=None) -> str | None:
+    """Why ``file`` is not a whole chunk of ``rows`` rows (of ``width`` and ``dtype`` where given), None when it is.
+
+    Only the header is read (memory-mapped), so checking every chunk of a large extraction is cheap; a file
+    that vanished raises FileNotFoundError.
+    """
+    try:
+        chunk = np.load(file, mmap_mode="r")
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError):
+        return f"{file.name} is not a readable .npy chunk"
+    shape = (rows, width or (chunk.shape[1] if chunk.ndim == 2 else -1))
+    if chunk.shape != shape or chunk.dtype != np.dtype(dtype or chunk.dtype):
+        return f"{file.name} holds {chunk.shape} {chunk.dtype}, expected {shape} {dtype or chunk.dtype}"
+    return None
+
+
+def read_manifest(folder: Path) -> tuple[dict, str | None]:
+    """The manifest of an unfinished extraction, and what is wrong with it (None when nothing is)."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        return {}, "manifest.json is missing"
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("rows"), dict):
+        return {}, "manifest.json is not a featcache manifest"
+    return manifest, None
 
 
 class PartialExtraction:
@@ -186,33 +325,66 @@ class PartialExtraction:
     def __init__(self, stem: str, manifest: dict, root=None):
         self.folder = partial_dir(stem, root)
         self.manifest = manifest
-        manifest_file = self.folder / "manifest.json"
-        if manifest_file.is_file() and json.loads(manifest_file.read_text()).get("key") != manifest["key"]:
+        found, _ = read_manifest(self.folder)
+        if found.get("key") not in (None, manifest["key"]):
             shutil.rmtree(self.folder)  # a stem collision with other inputs: never mix their chunks
         self.folder.mkdir(parents=True, exist_ok=True)
-        if not manifest_file.is_file():
-            write_atomically(manifest_file, json.dumps(manifest, indent=2).encode())
+        if found.get("key") != manifest["key"]:  # new, or missing or garbage: chunks are checked one by one
+            write_atomically(self.folder / "manifest.json", json.dumps(manifest, indent=2).encode())
 
     def chunk_file(self, split: str, index: int) -> Path:
-        return self.folder / f"{split}-{index:06d}.npy"
+        return chunk_file(self.folder, split, index)
 
-    def rows_done(self, split: str, total_rows: int) -> int:
-        """Rows covered by the unbroken run of whole chunks from the start of the split."""
-        index = 0
-        while self.chunk_file(split, index).is_file():
-            index += 1
-        return min(index * CHUNK_ROWS, total_rows)
+    def missing_chunks(self, split: str, total_rows: int) -> list[int]:
+        """Indices of the chunks still to compute: absent, or damaged (wrong shape or dtype, unreadable)."""
+        width, dtype = self.manifest.get("width"), self.manifest.get("dtype")
+        missing = []
+        for index, rows in enumerate(chunk_sizes(total_rows)):
+            try:
+                damaged = chunk_problem(self.chunk_file(split, index), rows, width, dtype)
+            except FileNotFoundError:
+                damaged = "missing"
+            if damaged:
+                missing.append(index)
+        return missing
 
     def write_chunk(self, split: str, index: int, features: np.ndarray):
-        with atomic_path(self.chunk_file(split, index)) as tmp, open(tmp, "wb") as f:
-            np.save(f, features)
+        """Written by Python's own write, whose error on a full disk says ENOSPC (numpy's, to a file, does not)."""
+        buffer = io.BytesIO()
+        np.save(buffer, features)
+        write_atomically(self.chunk_file(split, index), buffer.getbuffer())
 
     def read_split(self, split: str, total_rows: int):
-        for index in range(-(-total_rows // CHUNK_ROWS)):
+        for index in range(len(chunk_sizes(total_rows))):
             yield np.load(self.chunk_file(split, index))
 
     def remove(self):
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def unfinished_status(folder: Path) -> str:
+    """What is the matter with an unfinished extraction, and what to do about it."""
+    if _lock_held(_lock_beside(folder)):
+        return "being extracted now by another process: wait for it to finish"
+    problem = _partial_summary(folder)["problem"]
+    if problem:
+        return f"damaged ({problem}): rerun `featcache extract` with the same options to recompute what is damaged"
+    return "incomplete: rerun `featcache extract` with the same options to resume"
+
+
+def _partial_summary(folder: Path) -> dict:
+    """Manifest, whole rows and the first problem of an unfinished extraction, tolerating files that vanish."""
+    manifest, problem = read_manifest(folder)
+    rows, done = manifest.get("rows", {}), 0
+    for split, total in rows.items():
+        for index, size in enumerate(chunk_sizes(total)):
+            try:
+                why = chunk_problem(chunk_file(folder, split, index), size, manifest.get("width"),
+                                    manifest.get("dtype"))
+            except FileNotFoundError:
+                continue  # not computed yet, or removed meanwhile by the process finishing it
+            problem, done = problem or why, done + (0 if why else size)
+    return {"manifest": manifest, "rows": rows, "done": done, "problem": problem}
 
 
 def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class_names: dict, provenance: dict,
@@ -243,47 +415,100 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
         f.attrs["complete"] = True
 
 
+def remove_leftovers(root=None):
+    """Remove what finished or killed extractions left behind: the ``.partial`` of a stem whose complete
+    ``.h5`` is there (killed between the two steps of finishing) and stray ``*.tmp`` files. A stem that a
+    live process holds is left alone; on a read-only root nothing is removed, and nothing fails."""
+    folder = paths.features_dir(root)
+    finished = [p for p in folder.glob("*.partial") if _is_complete(p.with_suffix(".h5"))]
+    for path in [*finished, *folder.glob("*.tmp"), *folder.glob("*.partial/*.tmp")]:
+        owner = path if path.parent == folder else path.parent
+        if _lock_held(_lock_beside(owner)):
+            continue
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:
+            pass  # read-only, or removed by another process meanwhile
+
+
+def _is_complete(path: Path) -> bool:
+    try:
+        FeatureCache(path)
+    except FeatcacheError:
+        return False
+    return True
+
+
 # --- cache ls / info / verify / rm ------------------------------------------------------------
 
 
 def list_entries(root=None) -> list[dict]:
-    """Every cache file and unfinished extraction under the root, newest first."""
+    """Every cache file and unfinished extraction under the root, newest first.
+
+    Leftovers of finished extractions are removed first and never listed; an entry that another process
+    finishes or removes while it is read is left out; a damaged one has the status ``damaged: <why>``.
+    """
     folder = paths.features_dir(root)
     if not folder.is_dir():
         return []
+    remove_leftovers(root)
     entries = []
-    for path in folder.glob("*.h5"):
-        entry = {"stem": path.stem, "path": path, "status": "complete", "bytes": path.stat().st_size}
+    for path in [*folder.glob("*.h5"), *folder.glob("*.partial")]:
+        if path.suffix == ".partial" and path.with_suffix(".h5").is_file():
+            continue  # a complete .h5 wins over what is left of its extraction
         try:
-            cache = FeatureCache(path)
-            entry.update(provenance=cache.provenance, rows=cache.rows, width=cache.width, dtype=cache.dtype)
-        except FeatcacheError:
-            entry["status"] = "unreadable"
-        entries.append(entry)
-    for path in folder.glob("*.partial"):
-        manifest_file = path / "manifest.json"
-        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-        stem = path.name[: -len(".partial")]
-        total = sum(manifest.get("rows", {}).values())
-        done = sum(len(np.load(c, mmap_mode="r")) for c in path.glob("*.npy"))
-        status = "extracting" if is_locked(stem, root) else "incomplete"
-        entries.append({"stem": stem, "path": path, "status": f"{status} {done}/{total} rows",
-                        "bytes": sum(c.stat().st_size for c in path.iterdir()),
-                        "provenance": manifest.get("provenance", {}), "rows": manifest.get("rows", {})})
-    return sorted(entries, key=lambda e: e["path"].stat().st_mtime, reverse=True)
+            entries.append(_file_entry(path) if path.suffix == ".h5" else _partial_entry(path))
+        except FileNotFoundError:
+            continue
+    return sorted(entries, key=lambda e: e["mtime"], reverse=True)
+
+
+def _file_entry(path: Path) -> dict:
+    stat = path.stat()
+    entry = {"stem": path.stem, "path": path, "status": "complete", "bytes": stat.st_size, "mtime": stat.st_mtime}
+    try:
+        cache = FeatureCache(path)
+    except FeatcacheError as exc:
+        return {**entry, "status": f"damaged: {exc}"}
+    return {**entry, "provenance": cache.provenance, "rows": cache.rows, "width": cache.width, "dtype": cache.dtype}
+
+
+def _partial_entry(folder: Path) -> dict:
+    mtime, summary = folder.stat().st_mtime, _partial_summary(folder)
+    state = "extracting" if _lock_held(_lock_beside(folder)) else "incomplete"
+    status = f"{state} {summary['done']}/{sum(summary['rows'].values())} rows"
+    if summary["problem"] and state == "incomplete":
+        status = f"damaged: {summary['problem']}"
+    return {"stem": stem_of(folder), "path": folder, "status": status, "mtime": mtime,
+            "bytes": sum(_size(f) for f in folder.iterdir()),
+            "provenance": summary["manifest"].get("provenance", {}), "rows": summary["rows"]}
+
+
+def matching(ref, root=None) -> tuple[list[Path], bool]:
+    """The caches ``ref`` names (at least one), and whether it names one exactly (a path, or a whole stem)
+    rather than by a prefix of stems or keys, which may name several."""
+    path = Path(ref)
+    if path.suffix in (".h5", ".partial") and path.exists():
+        return [path], True
+    entries = list_entries(root)
+    exact = [e["path"] for e in entries if e["stem"] == str(ref)]
+    if exact:
+        return exact, True
+    prefixed = [e["path"] for e in entries
+                if e["stem"].startswith(str(ref)) or e.get("provenance", {}).get("key", "").startswith(str(ref))]
+    if not prefixed:
+        raise FeatcacheError(f"no cache matches {ref!r}: list caches with `featcache cache ls`")
+    return prefixed, False
 
 
 def find(ref, root=None) -> Path:
     """A cache file by path, by stem, or by a unique prefix of its stem or key."""
-    path = Path(ref)
-    if path.suffix == ".h5" and path.is_file():
-        return path
-    matches = [e["path"] for e in list_entries(root)
-               if e["stem"].startswith(str(ref)) or e.get("provenance", {}).get("key", "").startswith(str(ref))]
+    matches, _ = matching(ref, root)
     if len(matches) == 1:
         return matches[0]
-    if not matches:
-        raise FeatcacheError(f"no cache matches {ref!r}: list caches with `featcache cache ls`")
     raise FeatcacheError(f"{ref!r} matches {len(matches)} caches: give more of the name")
 
 
@@ -308,28 +533,34 @@ def open_cache(ref=None, root=None, backbone=None, dataset=None) -> FeatureCache
 
 
 def verify(path) -> list[str]:
-    """Problems found in a cache file (empty when it is complete and consistent)."""
+    """Problems found in a cache file (empty when it is complete and consistent); every chunk is read."""
     path = Path(path)
     if path.suffix == ".partial":
-        return ["incomplete extraction: rerun `featcache extract` with the same options to resume"]
+        return [unfinished_status(path)]
     try:
-        cache = FeatureCache(path)
+        return _problems(FeatureCache(path))
     except FeatcacheError as exc:
         return [str(exc)]
+
+
+def _problems(cache: FeatureCache) -> list[str]:
     problems = []
     expected = cache.provenance.get("rows", {})
     for split in cache.splits:
-        features = cache.features(split)
-        if expected.get(split) not in (None, len(features)):
-            problems.append(f"{split}: {len(features)} rows, provenance says {expected[split]}")
-        if features.shape[1] != cache.width:
-            problems.append(f"{split}: width {features.shape[1]}, expected {cache.width}")
-        if not np.isfinite(features).all():
+        width, finite = cache.width, True
+        for chunk in cache.feature_chunks(split):
+            width, finite = chunk.shape[1], finite and bool(np.isfinite(chunk).all())
+        rows = cache.rows[split]
+        if expected.get(split) not in (None, rows):
+            problems.append(f"{split}: {rows} rows, provenance says {expected[split]}")
+        if width != cache.width:
+            problems.append(f"{split}: width {width}, expected {cache.width}")
+        if not finite:
             problems.append(f"{split}: features contain NaN or inf")
         for label_set, names in cache.class_names.items():
             labels = cache.labels(split, label_set)
-            if len(labels) != len(features):
-                problems.append(f"{split}: {len(labels)} {label_set} labels for {len(features)} rows")
+            if len(labels) != rows:
+                problems.append(f"{split}: {len(labels)} {label_set} labels for {rows} rows")
             elif len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
                 problems.append(f"{split}: {label_set} labels outside 0..{len(names) - 1}")
     return problems
@@ -337,7 +568,7 @@ def verify(path) -> list[str]:
 
 def remove(stem_path: Path, root=None):
     """Delete a cache file or an unfinished extraction (refused while a process is extracting it)."""
-    stem = stem_path.name.removesuffix(".partial").removesuffix(".h5")
+    stem = stem_of(stem_path)
     if is_locked(stem, root):
         raise FeatcacheError(f"{stem} is being extracted by another process: stop it first")
     if stem_path.is_dir():

@@ -182,8 +182,10 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
     if result.cached:
         click.echo(f"features are cached: {result.path} ({shapes}); --force extracts again")
     else:
-        click.echo(f"extracted {sum(result.rows.values()):,} images in {result.seconds:.1f} s "
-                   f"({result.images_per_second:.0f} images/s): {shapes}")
+        done = (f"resumed {result.resumed:,} images already extracted; computed {result.computed:,}"
+                if result.resumed else f"extracted {result.computed:,} images")
+        rate = f" ({result.images_per_second:.0f} images/s)" if result.computed else ""
+        click.echo(f"{done} in {result.seconds:.1f} s{rate}: {shapes}")
         click.echo(f"cache: {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
     if result.skipped:
         click.echo(f"skipped {len(result.skipped)} undecodable files:")
@@ -270,15 +272,25 @@ def cache_verify(obj, refs):
 
 @cache.command("rm")
 @click.argument("refs", nargs=-1, required=True)
+@click.option("--yes", is_flag=True, help="Remove every cache a name prefix matches without asking.")
 @click.pass_obj
-def cache_rm(obj, refs):
-    """Remove caches or unfinished extractions."""
-    from featcache.cache import find, remove
+def cache_rm(obj, refs, yes):
+    """Remove caches or unfinished extractions (a path or a whole name; a prefix asks first)."""
+    from featcache.cache import matching, remove
 
     for ref in refs:
-        path = find(ref, obj["root"])
-        remove(path, obj["root"])
-        click.echo(f"removed {path}")
+        paths, exact = matching(ref, obj["root"])
+        if not exact and not yes:
+            names = ", ".join(p.name for p in paths)
+            if not sys.stdin.isatty():
+                raise FeatcacheError(f"{ref!r} is a prefix of {len(paths)} cache(s) ({names}): "
+                                     "give the whole name, or pass --yes to remove them all")
+            if not click.confirm(f"remove {len(paths)} cache(s) matching {ref!r}: {names}?"):
+                click.echo("nothing removed")
+                continue
+        for path in paths:
+            remove(path, obj["root"])
+            click.echo(f"removed {path}")
 
 
 @main.command()

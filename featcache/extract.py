@@ -7,6 +7,7 @@ whole number of batches, a resumed run feeds the model exactly the batches an un
 would, and its features are identical.
 """
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,17 @@ class ExtractResult:
     seconds: float  # time spent computing features in this run
     images_per_second: float
     skipped: list
+    computed: int = 0  # images computed by this run
+    resumed: int = 0  # images an earlier, interrupted run had already computed
 
 
 def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 64, dtype: str = "float32",
             force: bool = False, progress: bool = True) -> ExtractResult:
-    """Extract (or find cached) features of every split of ``dataset``; return where they are."""
+    """Extract (or find cached) features of every split of ``dataset``; return where they are.
+
+    Nothing is written before the inputs are known to be good (the model builds, the folder is writable
+    and has room for the result), and a cache hit writes nothing, so it also works on a read-only root.
+    """
     validate({"batch_size": batch_size, "dtype": dtype}, RULES)
     model = None
     if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
@@ -49,42 +56,59 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
     key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype)
     stem = cache.cache_stem(dataset.name, spec, key)
     path = cache.file_path(stem, root)
+    cache.remove_leftovers(root)
+    if path.is_file() and not force:
+        return _cached(path)
+    model = model or build_feature_model(spec)
     rows = {split: len(s.images) for split, s in dataset.splits.items()}
+    width = int(model.output_shape[-1])
+    feature_bytes = sum(rows.values()) * width * np.dtype(dtype).itemsize
+    cache.check_writable(root)
+    cache.check_space(stem, feature_bytes, root)
     with cache.ExtractionLock(stem, root):
         if force:
             path.unlink(missing_ok=True)
-            cache.partial_dir(stem, root).exists() and cache.PartialExtraction(stem, {"key": key}, root).remove()
-        if path.is_file():
-            found = cache.FeatureCache(path)
-            return ExtractResult(path, True, found.rows, found.width, 0.0, 0.0, found.provenance["skipped"])
-        provenance = {
-            "key": key,
-            "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "label_sets": dataset.label_sets},
-            "backbone": spec.to_record(),
-            "weights_sha256": weights_hash,
-            "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
-            "dtype": dtype,
-            "rows": rows,
-            "skipped": dataset.skipped,
-        }
-        partial = cache.PartialExtraction(stem, {"key": key, "rows": rows, "provenance": provenance}, root)
-        model = model or build_feature_model(spec)
-        started = time.perf_counter()
-        computed = _run(dataset, spec, model, partial, rows, batch_size, dtype, progress)
-        seconds = time.perf_counter() - started
-        width = int(model.output_shape[-1])
-        provenance.update(width=width, seconds=round(seconds, 3), created=records.now_iso(),
-                          versions=records.library_versions())
-        splits = {split: {"rows": n, "width": width, "labels": dataset.splits[split].labels}
-                  for split, n in rows.items()}
-        cache.write_cache_file(path, partial, splits, dataset.class_names, provenance, dtype)
+            shutil.rmtree(cache.partial_dir(stem, root), ignore_errors=True)
+        elif path.is_file():
+            return _cached(path)  # another process finished it meanwhile
+        provenance = _provenance(dataset, spec, key, weights_hash, dtype, rows)
+        manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "provenance": provenance}
+        with cache.reporting_full_disk(stem, feature_bytes, root):
+            partial = cache.PartialExtraction(stem, manifest, root)
+            started = time.perf_counter()
+            computed = _run(dataset, spec, model, partial, rows, batch_size, dtype, progress)
+            seconds = time.perf_counter() - started
+            provenance.update(width=width, seconds=round(seconds, 3), created=records.now_iso(),
+                              versions=records.library_versions())
+            splits = {split: {"rows": n, "width": width, "labels": dataset.splits[split].labels}
+                      for split, n in rows.items()}
+            cache.write_cache_file(path, partial, splits, dataset.class_names, provenance, dtype)
         partial.remove()
     rate = computed / seconds if seconds else 0.0
-    return ExtractResult(path, False, rows, width, seconds, rate, dataset.skipped)
+    return ExtractResult(path, False, rows, width, seconds, rate, dataset.skipped, computed,
+                         sum(rows.values()) - computed)
+
+
+def _cached(path: Path) -> ExtractResult:
+    found = cache.FeatureCache(path)
+    return ExtractResult(path, True, found.rows, found.width, 0.0, 0.0, found.provenance["skipped"])
+
+
+def _provenance(dataset, spec, key, weights_hash, dtype, rows) -> dict:
+    return {
+        "key": key,
+        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "label_sets": dataset.label_sets},
+        "backbone": spec.to_record(),
+        "weights_sha256": weights_hash,
+        "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
+        "dtype": dtype,
+        "rows": rows,
+        "skipped": dataset.skipped,
+    }
 
 
 def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> int:
-    """Compute every chunk not already on disk; return the number of images computed."""
+    """Compute every chunk not already on disk (or damaged there); return the number of images computed."""
     from featcache.backend import tensorflow
     tf = tensorflow()
     from tqdm import tqdm
@@ -92,19 +116,35 @@ def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> in
     # One trace for every batch size: a retrace of a big backbone for the last, smaller batch takes seconds.
     signature = [tf.TensorSpec((None, spec.input_size, spec.input_size, 3), tf.float32)]
     forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
-    done = {split: partial.rows_done(split, n) for split, n in rows.items()}
-    total, already = sum(rows.values()), sum(done.values())
-    bar = tqdm(total=total, initial=already, unit="img", desc=f"{spec.name} {spec.input_size}px",
+    todo = {split: _row_ranges(partial.missing_chunks(split, n), n) for split, n in rows.items()}
+    total, computed = sum(rows.values()), sum(end - start for ranges in todo.values() for start, end in ranges)
+    bar = tqdm(total=total, initial=total - computed, unit="img", desc=f"{spec.name} {spec.input_size}px",
                disable=not progress, smoothing=0.1)
     with bar:
-        for split, n in rows.items():
-            chunk, index = [], done[split] // cache.CHUNK_ROWS
-            for images in feature_batches(dataset.splits[split].images, done[split], n, batch_size, spec):
-                chunk.append(forward(images).numpy().astype(dtype))
-                bar.update(len(chunk[-1]))
-                if sum(map(len, chunk)) == cache.CHUNK_ROWS:
+        for split, ranges in todo.items():
+            for start, end in ranges:
+                chunk, index = [], start // cache.CHUNK_ROWS
+                for images in feature_batches(dataset.splits[split].images, start, end, batch_size, spec):
+                    chunk.append(forward(images).numpy().astype(dtype))
+                    bar.update(len(chunk[-1]))
+                    if sum(map(len, chunk)) == cache.CHUNK_ROWS:
+                        partial.write_chunk(split, index, np.concatenate(chunk))
+                        chunk, index = [], index + 1
+                if chunk:
                     partial.write_chunk(split, index, np.concatenate(chunk))
-                    chunk, index = [], index + 1
-            if chunk:
-                partial.write_chunk(split, index, np.concatenate(chunk))
-    return total - already
+    return computed
+
+
+def _row_ranges(indices: list[int], total_rows: int) -> list[tuple[int, int]]:
+    """The rows of runs of consecutive chunks, each computed by one run of the image pipeline.
+
+    Chunks [0, 1, 4] of 5000 rows -> [(0, 2048), (4096, 5000)].
+    """
+    ranges = []
+    for index in indices:
+        start, end = index * cache.CHUNK_ROWS, min((index + 1) * cache.CHUNK_ROWS, total_rows)
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
