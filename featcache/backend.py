@@ -38,6 +38,20 @@ def keras_output_hidden():
     return contextlib.nullcontext() if VERBOSE else contextlib.redirect_stdout(io.StringIO())
 
 
+def gpu_present() -> bool:
+    """Whether the Keras backend sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return bool(tensorflow().config.list_physical_devices("GPU"))
+
+
 def tensorflow():
     """The tensorflow module, imported quietly on first use."""
     with native_stderr_silenced():
@@ -51,3 +65,36 @@ with native_stderr_silenced():
 if not VERBOSE:
     for name in ("tensorflow", "absl"):  # retracing notices and the like: featcache reports its own progress
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def mixed_policy() -> str:
+    """The mixed-precision policy for this device: bfloat16 where the GPU (or the CPU) computes it natively,
+    float16 on GPUs older than compute capability 8.0."""
+    if not gpu_present():
+        return "mixed_bfloat16"
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        capability = float(getattr(jax.devices()[0], "compute_capability", "0") or 0)
+    elif backend == "torch":
+        import torch
+
+        capability = float("%d.%d" % torch.cuda.get_device_capability())
+    else:
+        tf = tensorflow()
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        capability = float("%d.%d" % details.get("compute_capability", (0, 0)))
+    return "mixed_bfloat16" if capability >= 8.0 else "mixed_float16"
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str | None):
+    """Layers built inside the block use ``policy`` (None: unchanged); the global policy is restored after."""
+    before = keras.config.dtype_policy()
+    if policy:
+        keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)

@@ -45,11 +45,11 @@ import numpy as np
 
 from featcache import formats, paths
 from featcache.errors import FeatcacheError
-from featcache.files import atomic_path, write_atomically
+from featcache.files import atomic_path, lock_held, write_atomically
 
 FORMAT_NAME, FORMAT_VERSION = "featcache-features", 2
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
-KEY_VERSION = 1  # bump when the same key inputs start giving different features
+KEY_VERSION = 2  # bump when the same key inputs start giving different features (2: the fused model)
 CHUNK_ROWS = 1024  # rows per HDF5 chunk and per resumable .npy chunk
 SPLIT_ORDER = ["train", "test", "val", "all"]  # the splits dataset loaders make, in display order
 
@@ -59,8 +59,10 @@ def split_order(split: str):
     return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
-def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str) -> str:
-    """A hash of every input that decides the features: change any of them and the key changes."""
+def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str, compute) -> str:
+    """A hash of every input that decides the features: change any of them and the key changes.
+
+    ``compute``: the backend, precision and XLA setting (:class:`featcache.compute.Compute`)."""
     inputs = {
         "format": f"{FORMAT_NAME}/{KEY_VERSION}",
         "dataset": dataset_fingerprint,
@@ -72,6 +74,7 @@ def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str) -> str:
         "preprocessing": f"{spec.backbone.module}.preprocess_input",
         "resize": "bilinear",
         "dtype": dtype,
+        "compute": compute.to_record(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -254,22 +257,7 @@ class ExtractionLock:
 
 
 def is_locked(stem: str, root=None) -> bool:
-    return _lock_held(lock_path(stem, root))
-
-
-def _lock_held(lock_file: Path) -> bool:
-    """Whether a live process holds ``lock_file``; opened for reading, so it works on a read-only root."""
-    try:
-        handle = open(lock_file)
-    except FileNotFoundError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    return lock_held(lock_path(stem, root))
 
 
 def _lock_beside(path: Path) -> Path:
@@ -364,7 +352,7 @@ class PartialExtraction:
 
 def unfinished_status(folder: Path) -> str:
     """What is the matter with an unfinished extraction, and what to do about it."""
-    if _lock_held(_lock_beside(folder)):
+    if lock_held(_lock_beside(folder)):
         return "being extracted now by another process: wait for it to finish"
     problem = _partial_summary(folder)["problem"]
     if problem:
@@ -423,7 +411,7 @@ def remove_leftovers(root=None):
     finished = [p for p in folder.glob("*.partial") if _is_complete(p.with_suffix(".h5"))]
     for path in [*finished, *folder.glob("*.tmp"), *folder.glob("*.partial/*.tmp")]:
         owner = path if path.parent == folder else path.parent
-        if _lock_held(_lock_beside(owner)):
+        if lock_held(_lock_beside(owner)):
             continue
         try:
             if path.is_dir():
@@ -478,7 +466,7 @@ def _file_entry(path: Path) -> dict:
 
 def _partial_entry(folder: Path) -> dict:
     mtime, summary = folder.stat().st_mtime, _partial_summary(folder)
-    state = "extracting" if _lock_held(_lock_beside(folder)) else "incomplete"
+    state = "extracting" if lock_held(_lock_beside(folder)) else "incomplete"
     status = f"{state} {summary['done']}/{sum(summary['rows'].values())} rows"
     if summary["problem"] and state == "incomplete":
         status = f"damaged: {summary['problem']}"

@@ -15,6 +15,7 @@ import click
 from featcache._version import __version__
 from featcache.backbones import POOLINGS
 from featcache.errors import FeatcacheError, ParameterError
+from featcache.compute import PRECISIONS
 from featcache.extract import DTYPES, extract as extract_features
 from featcache.settings import FinetuneSettings, TrainOptions
 
@@ -164,12 +165,16 @@ def main(ctx, cache_dir, verbose):
 @backbone_options
 @click.option("--batch-size", type=int, default=default(extract_features, "batch_size"), show_default=True,
               help="Images per forward pass.")
-@click.option("--dtype", type=click.Choice(DTYPES), default=DTYPES[0], show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default=DTYPES[0], show_default=True,
+              help="How features are stored.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Compute precision (mixed: bfloat16/float16 compute)  [default: mixed on a GPU, else float32]")
+@click.option("--xla/--no-xla", default=None, help="Compile with XLA  [default: on a GPU]")
 @click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded (they are listed).")
 @click.option("--force", is_flag=True, help="Extract again even if the features are cached.")
 @click.pass_obj
 def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alpha, backbone_option, batch_size, dtype,
-            skip_bad, force):
+            precision, xla, skip_bad, force):
     """Run a backbone once over a dataset and cache its pooled features."""
     from featcache.datasets import load_dataset
 
@@ -177,7 +182,8 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
     for note in data.notes:
         click.echo(f"note: {note}", err=True)
-    result = extract_features(data, spec, obj["root"], batch_size=batch_size, dtype=dtype, force=force)
+    result = extract_features(data, spec, obj["root"], batch_size=batch_size, dtype=dtype, force=force,
+                              precision=precision, xla=xla)
     shapes = ", ".join(f"{split} {n:,} x {result.width}" for split, n in result.rows.items())
     if result.cached:
         click.echo(f"features are cached: {result.path} ({shapes}); --force extracts again")

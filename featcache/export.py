@@ -1,8 +1,9 @@
 """Export a result record's model as a self-contained folder, and load it back.
 
 The folder never needs featcache's cache: raw uint8 images of any size go in, class
-probabilities come out. Resizing (the same TensorFlow bilinear op as extraction) and the
-backbone's preprocessing are layers of the exported Keras model:
+probabilities come out. The exported Keras model is extraction's own image-to-feature model
+(:func:`featcache.images.feature_model`: resize and preprocessing are its layers), so it loads and
+predicts under any Keras backend:
 
 - a Keras head (``mlp``): one end-to-end ``model.keras``, images in, probabilities out;
 - any other head: ``backbone.keras`` (images in, features out) plus the head in its own format
@@ -18,46 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from featcache import formats, heads, records
-from featcache.backbones import BackboneSpec, build_feature_model
 from featcache.errors import FeatcacheError
 from featcache.files import file_sha256, write_json
-from featcache.predict import feature_spec, load_head, probabilities
+from featcache.images import feature_model
+from featcache.predict import feature_spec, load_head, probabilities, recorded_compute
 
 MANIFEST = "manifest.json"
 FORMAT_NAME, FORMAT_VERSION = "featcache-export", 1
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
-
-
-def affine_preprocessing(spec: BackboneSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The backbone's preprocess_input as out = pixel @ kernel + bias, found by probing it.
-
-    Every Keras application's preprocessing (scaling to [-1, 1], caffe's BGR mean subtraction,
-    torch's mean/std normalisation, or none) is per-pixel affine, so it becomes one fixed 1x1
-    convolution: a plain Keras layer that needs no custom code to load.
-    """
-    preprocess = spec.backbone.preprocess_input()
-    probes = np.array([[[[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100], [17, 211, 90]]]], dtype=np.float32)
-    out = np.asarray(preprocess(probes.copy()), dtype=np.float64)[0, 0]
-    bias = out[0]
-    kernel = (out[1:4] - bias) / 100.0  # row i: the output for a unit of input channel i
-    if not np.allclose(probes[0, 0, 4] @ kernel + bias, out[4], atol=1e-3):
-        raise FeatcacheError(f"{spec.name}'s preprocessing is not per-pixel affine: it cannot be exported")
-    return kernel.astype(np.float32), bias.astype(np.float32)
-
-
-def image_model(spec: BackboneSpec):
-    """uint8 images of any size -> resize -> preprocessing -> backbone features, as one Keras model."""
-    from featcache.backend import keras
-
-    kernel, bias = affine_preprocessing(spec)
-    images = keras.Input((None, None, 3), dtype="uint8", name="images")
-    pixels = keras.layers.Rescaling(1.0, name="to_float")(images)
-    resized = keras.layers.Resizing(spec.input_size, spec.input_size, interpolation="bilinear", name="resize")(pixels)
-    preprocess = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
-    preprocessed = preprocess(resized)
-    preprocess.set_weights([kernel.reshape(1, 1, 3, 3), bias])
-    features = build_feature_model(spec)(preprocessed)
-    return keras.Model(images, features, name=f"{spec.name}_features")
 
 
 def check_empty(out_dir) -> None:
@@ -75,7 +44,7 @@ def export(record: dict, out_dir: Path) -> Path:
     spec, head = feature_spec(record), load_head(record)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    features = image_model(spec)
+    features = feature_model(spec, recorded_compute(record), input_dtype="uint8")
     if hasattr(head, "to_keras"):  # a Keras head: one end-to-end model
         n_classes = len(record["dataset"]["class_names"])
         end_to_end = keras.Model(features.input, head.to_keras(n_classes)(features.output), name="classifier")

@@ -1,7 +1,8 @@
 """Extraction: stream a dataset through a backbone, batch by batch, into the feature cache.
 
-Images are read, resized and preprocessed by the shared image pipeline (:mod:`featcache.images`),
-which runs ahead of the model, so the resized dataset is never held in memory. Features go to disk one chunk of rows at a time
+The host decodes images in threads, a few batches ahead of one compiled Keras model that resizes,
+preprocesses and runs the backbone (:mod:`featcache.images`), so the resized dataset is never held in
+memory and every Keras backend runs it. Features go to disk one chunk of rows at a time
 (see :mod:`featcache.cache`), which makes a killed extraction resumable; because a chunk is a
 whole number of batches, a resumed run feeds the model exactly the batches an uninterrupted run
 would, and its features are identical.
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache import cache, records
-from featcache.backbones import BackboneSpec, build_feature_model, imagenet_weights_path, weights_sha256
+from featcache import cache, compute, records
+from featcache.backbones import BackboneSpec, imagenet_weights_path, weights_sha256
 from featcache.datasets import Dataset
-from featcache.images import feature_batches
+from featcache.images import HostBatches, feature_model, forward
 from featcache.params import Options, Rule, validate
 
 DTYPES = ("float32", "float16")
@@ -42,24 +43,28 @@ class ExtractResult:
 
 
 def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 64, dtype: str = "float32",
-            force: bool = False, progress: bool = True) -> ExtractResult:
+            force: bool = False, progress: bool = True, precision: str | None = None,
+            xla: bool | None = None) -> ExtractResult:
     """Extract (or find cached) features of every split of ``dataset``; return where they are.
 
+    ``precision`` ("float32" or "mixed") and ``xla`` default to the fastest for the device found
+    (:func:`featcache.compute.resolve`); both are part of the cache key.
     Nothing is written before the inputs are known to be good (the model builds, the folder is writable
     and has room for the result), and a cache hit writes nothing, so it also works on a read-only root.
     """
     validate({"batch_size": batch_size, "dtype": dtype}, RULES)
+    settings = compute.resolve(precision, xla)
     model = None
     if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
-        model = build_feature_model(spec)  # lets Keras download the file (or explain where to put it)
+        model = feature_model(spec, settings)  # lets Keras download the file (or explain where to put it)
     weights_hash = weights_sha256(spec)
-    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype)
+    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
     stem = cache.cache_stem(dataset.name, spec, key)
     path = cache.file_path(stem, root)
     cache.remove_leftovers(root)
     if path.is_file() and not force:
         return _cached(path)
-    model = model or build_feature_model(spec)
+    model = model or feature_model(spec, settings)
     rows = {split: len(s.images) for split, s in dataset.splits.items()}
     width = int(model.output_shape[-1])
     feature_bytes = sum(rows.values()) * width * np.dtype(dtype).itemsize
@@ -71,7 +76,7 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
             shutil.rmtree(cache.partial_dir(stem, root), ignore_errors=True)
         elif path.is_file():
             return _cached(path)  # another process finished it meanwhile
-        provenance = _provenance(dataset, spec, key, weights_hash, dtype, rows)
+        provenance = {**_provenance(dataset, spec, key, weights_hash, dtype, rows), "compute": settings.to_record()}
         manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "provenance": provenance}
         with cache.reporting_full_disk(stem, feature_bytes, root):
             partial = cache.PartialExtraction(stem, manifest, root)
@@ -109,13 +114,9 @@ def _provenance(dataset, spec, key, weights_hash, dtype, rows) -> dict:
 
 def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> int:
     """Compute every chunk not already on disk (or damaged there); return the number of images computed."""
-    from featcache.backend import tensorflow
-    tf = tensorflow()
     from tqdm import tqdm
 
-    # One trace for every batch size: a retrace of a big backbone for the last, smaller batch takes seconds.
-    signature = [tf.TensorSpec((None, spec.input_size, spec.input_size, 3), tf.float32)]
-    forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+    run = forward(model, batch_size)
     todo = {split: _row_ranges(partial.missing_chunks(split, n), n) for split, n in rows.items()}
     total, computed = sum(rows.values()), sum(end - start for ranges in todo.values() for start, end in ranges)
     bar = tqdm(total=total, initial=total - computed, unit="img", desc=f"{spec.name} {spec.input_size}px",
@@ -124,8 +125,8 @@ def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> in
         for split, ranges in todo.items():
             for start, end in ranges:
                 chunk, index = [], start // cache.CHUNK_ROWS
-                for images in feature_batches(dataset.splits[split].images, start, end, batch_size, spec):
-                    chunk.append(forward(images).numpy().astype(dtype))
+                for images in HostBatches(dataset.splits[split].images, start, end, batch_size, spec.input_size):
+                    chunk.append(run(images).astype(dtype))
                     bar.update(len(chunk[-1]))
                     if sum(map(len, chunk)) == cache.CHUNK_ROWS:
                         partial.write_chunk(split, index, np.concatenate(chunk))

@@ -1,5 +1,6 @@
 """File helpers every stage shares: atomic writes and content hashes."""
 
+import fcntl
 import hashlib
 import json
 import os
@@ -38,3 +39,19 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def lock_held(lock_file) -> bool:
+    """Whether a live process holds an flock on ``lock_file`` (the kernel drops one when its process dies,
+    even by SIGKILL); opened for reading, so it works on a read-only folder."""
+    try:
+        handle = open(lock_file)
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -26,6 +26,7 @@ from featcache import records
 from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError, ParameterError
+from featcache.images import preprocessing_layers
 from featcache.settings import FinetuneSettings, TrainOptions
 from featcache.training import Phase, augmentation, compile_model, precision_policy, train_and_evaluate
 
@@ -117,18 +118,14 @@ class FinetuneRecipe:
             "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
         }
 
-    def build(self, n_classes: int, images, rows):
-        size = self.spec.input_size
+    def build(self, x, n_classes: int, images, rows):
         with precision_policy():
             backbone = build_feature_model(self.spec)
-            inputs = keras.Input((size, size, 3))
-            features = backbone(inputs, training=False)  # BatchNorm in inference mode, in both phases
+            features = backbone(x, training=False)  # BatchNorm in inference mode, in both phases
             if self.config.init_head:
-                outputs = fitted_head(self.config.init_head, n_classes)(features)
-            else:
-                hidden = keras.layers.Dropout(self.config.dropout)(features)
-                outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="classifier")(hidden)
-        return keras.Model(inputs, outputs, name=f"finetune_{self.spec.name}")
+                return fitted_head(self.config.init_head, n_classes)(features)
+            hidden = keras.layers.Dropout(self.config.dropout)(features)
+            return keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="classifier")(hidden)
 
     def phases(self) -> list[Phase]:
         config = self.config
@@ -146,12 +143,9 @@ class FinetuneRecipe:
             phases.append(Phase("finetune", config.finetune_epochs, train_top_blocks))
         return phases
 
-    def transform(self, training: bool):
-        preprocess = self.spec.backbone.preprocess_input()
-        if not (training and self.config.augment):
-            return preprocess
-        augment = augmentation(flip=True, shift=0.1, rotation=0.05, zoom=0.1)
-        return lambda batch: preprocess(augment(batch))
+    def input_layers(self) -> list:
+        augment = augmentation(flip=True, shift=0.1, rotation=0.05, zoom=0.1) if self.config.augment else []
+        return augment + preprocessing_layers(self.spec.input_size, self.spec.backbone.preprocess_input())[1:]
 
 
 def finetune(dataset: Dataset, spec: BackboneSpec, settings: FinetuneSettings = FinetuneSettings(),

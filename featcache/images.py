@@ -1,45 +1,134 @@
-"""The image pipeline every stage shares: read uint8 rows lazily, resize, transform, batch.
+"""The image pipeline every stage shares: the host decodes and batches, one compiled model does the rest.
 
-Extraction, predict and the training stages all feed their models through :func:`image_batches`,
-so the same image is resized by the same op wherever it goes (export builds the same resize and
-preprocessing into its Keras model).
+Host side (:class:`HostBatches`): rows of an image source are decoded in a pool of threads (Pillow
+releases the GIL while it decodes) and stacked into float32 batches, a few batches ahead of the
+device. Images of one size are stacked as they are; images of mixed sizes are first resized one
+by one with :func:`resize_one`, the same bilinear resize the model applies, so every batch has
+one shape.
+
+Device side (:func:`feature_model`): one Keras model maps a batch to features: cast, bilinear
+resize to the backbone's input size, the backbone's preprocessing as a fixed per-pixel affine
+layer, the backbone. Extract, predict and export all run this model, and it needs no TensorFlow
+ops, so it runs under any Keras backend.
 """
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 
-def image_batches(images, start: int, stop: int, batch_size: int, size: int, transform):
-    """A ``tf.data`` pipeline of rows start..stop of an image source, resized to size x size (bilinear),
-    mapped by ``transform`` (the backbone's preprocessing; training puts augmentation in it too) and
-    batched, read ahead of the model so the resized images are never all in memory.
+import numpy as np
 
-    Images of one size are read a batch at a time; images of mixed sizes one at a time, since they
-    can only be stacked once resized. Both resize with the same TensorFlow bilinear op.
+from featcache.errors import FeatcacheError
+
+PREFETCH = 2  # batches decoded ahead of the one the device is computing
+
+
+def affine_preprocessing(preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """A preprocessing function as out = pixel @ kernel + bias, found by probing it.
+
+    Every Keras application's preprocessing (scaling to [-1, 1], caffe's BGR mean subtraction,
+    torch's mean/std normalisation, or none) is per-pixel affine, so it becomes one fixed 1x1
+    convolution: a plain Keras layer that runs under every backend and needs no custom code to load.
     """
-    import numpy as np
-    from featcache.backend import tensorflow
-    tf = tensorflow()
+    probes = np.array([[[[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100], [17, 211, 90]]]], dtype=np.float32)
+    out = np.asarray(preprocess(probes.copy()), dtype=np.float64)[0, 0]
+    bias = out[0]
+    kernel = (out[1:4] - bias) / 100.0  # row i: the output for a unit of input channel i
+    if not np.allclose(probes[0, 0, 4] @ kernel + bias, out[4], atol=1e-3):
+        raise FeatcacheError("the backbone's preprocessing is not per-pixel affine: featcache cannot fuse it")
+    return kernel.astype(np.float32), bias.astype(np.float32)
 
-    def numpy_source(read, rank):
-        def load(index):
-            out = tf.numpy_function(lambda i: read(int(i)), [index], tf.uint8, stateful=False)
-            out.set_shape((None,) * (rank - 1) + (3,))
-            return out
-        return load
 
-    def resize(pixels):
-        return tf.image.resize(tf.cast(pixels, tf.float32), (size, size), method="bilinear")
+def preprocessing_layers(size: int, preprocess, name: str = "preprocess"):
+    """Layers mapping float pixels of any size to the backbone's input: bilinear resize, affine preprocessing."""
+    from featcache.backend import keras
 
-    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    kernel, bias = affine_preprocessing(preprocess)
+    resize = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")
+    affine = keras.layers.Conv2D(3, 1, name=name, trainable=False)
+    affine.build((None, size, size, 3))
+    affine.set_weights([kernel.reshape(1, 1, 3, 3), bias])
+    return [resize, affine]
+
+
+def feature_model(spec, compute=None, input_dtype: str = "float32"):
+    """Images (any size, ``input_dtype``) -> resize -> preprocessing -> ``spec``'s backbone features, one model,
+    built with ``compute``'s precision and compiled with its XLA setting (:mod:`featcache.compute`).
+
+    The resize and preprocessing stay float32 in every precision; the features come out as float32.
+    """
+    from featcache.backbones import build_feature_model
+    from featcache.backend import dtype_policy, keras, mixed_policy
+
+    images = keras.Input((None, None, 3), dtype=input_dtype, name="images")
+    x = keras.layers.Rescaling(1.0, name="to_float")(images)  # a cast that every backend saves and loads
+    for layer in preprocessing_layers(spec.input_size, spec.backbone.preprocess_input()):
+        x = layer(x)
+    mixed = compute is not None and compute.precision == "mixed"
+    with dtype_policy(mixed_policy() if mixed else None):
+        features = build_feature_model(spec)(x)
+    features = keras.layers.Activation("linear", dtype="float32", name="features")(features)
+    model = keras.Model(images, features, name=f"{spec.name}_features")
+    model.compile(jit_compile=bool(compute and compute.xla))
+    return model
+
+
+def resize_one(pixels: np.ndarray, size: int) -> np.ndarray:
+    """One uint8 image (h, w, 3) resized to (size, size, 3) float32 by the model's own bilinear resize."""
+    from featcache.backend import keras
+
+    if pixels.shape[:2] == (size, size):
+        return pixels.astype(np.float32)
+    resized = keras.layers.Resizing(size, size, interpolation="bilinear")(pixels[None].astype(np.float32))
+    return np.asarray(keras.ops.convert_to_numpy(resized))[0]
+
+
+def read_batch(images, first: int, last: int, size: int) -> np.ndarray:
+    """Rows first..last of an image source as one float32 batch; mixed sizes resized to ``size`` first."""
     if images.uniform:
-        starts = np.arange(start, stop, batch_size, dtype=np.int64)
-        read_batch = lambda first: images.read(first, min(first + batch_size, stop))  # noqa: E731
-        batches = tf.data.Dataset.from_tensor_slices(starts).map(numpy_source(read_batch, 4), **parallel)
-        batches = batches.map(resize, **parallel)
-    else:
-        rows = tf.data.Dataset.range(start, stop).map(numpy_source(images.read_one, 3), **parallel)
-        batches = rows.map(resize, **parallel).batch(batch_size)
-    return batches.map(transform, **parallel).prefetch(2)
+        return np.asarray(images.read(first, last), dtype=np.float32)
+    return np.stack([resize_one(images.read_one(i), size) for i in range(first, last)])
 
 
-def feature_batches(images, start: int, stop: int, batch_size: int, spec):
-    """Rows start..stop ready for ``spec``'s backbone: resized to its input size and preprocessed its way."""
-    return image_batches(images, start, stop, batch_size, spec.input_size, spec.backbone.preprocess_input())
+class HostBatches:
+    """float32 batches of rows start..stop of an image source, decoded by ``workers`` threads, ``PREFETCH``
+    batches ahead. Iterate to get them in order; ``len()`` is the number of batches.
+
+    Mixed-size sources are resized to ``size`` on the host (:func:`resize_one`); uniform ones keep their size.
+    """
+
+    def __init__(self, images, start: int, stop: int, batch_size: int, size: int, workers: int | None = None):
+        self.images, self.size = images, size
+        self.bounds = [(first, min(first + batch_size, stop)) for first in range(start, stop, batch_size)]
+        self.workers = workers or min(8, (os.cpu_count() or 1) + 1)
+
+    def __len__(self):
+        return len(self.bounds)
+
+    def __iter__(self):
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending = [pool.submit(read_batch, self.images, *b, self.size) for b in self.bounds[:PREFETCH + 1]]
+            for index in range(len(self.bounds)):
+                batch = pending[index].result()
+                following = index + PREFETCH + 1
+                if following < len(self.bounds):
+                    pending.append(pool.submit(read_batch, self.images, *self.bounds[following], self.size))
+                pending[index] = None  # let the batch go once it is handed out
+                yield batch
+
+
+def forward(model, batch_size: int):
+    """``model`` as a function of one host batch -> float32 numpy features.
+
+    A short last batch is padded to ``batch_size`` (and the padding's rows dropped), so the model
+    is compiled for one shape only; each row's features do not depend on the others in inference.
+    """
+    from featcache.backend import keras
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        rows = len(batch)
+        if rows < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - rows, *batch.shape[1:]), batch.dtype)])
+        out = model.predict_on_batch(batch)
+        return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)[:rows]
+
+    return run

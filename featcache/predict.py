@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from featcache import heads, records
-from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
+from featcache.backbones import BackboneSpec, get_backbone, weights_sha256
+from featcache.compute import Compute, backend_name
 from featcache.datasets import IMAGE_SUFFIXES, open_images
 from featcache.errors import FeatcacheError
 from featcache.evaluation import class_scores
-from featcache.images import feature_batches, image_batches
+from featcache.images import HostBatches, feature_model, forward, preprocessing_layers
 from featcache.params import Interval, check
 
 TRAINED_KINDS = ("finetune", "scratch")  # records whose saved model takes images, not features
@@ -66,6 +67,12 @@ def feature_spec(record: dict) -> BackboneSpec:
             f"was made with {str(recorded)[:12]}: restore that weights file or fit again"
         )
     return spec
+
+
+def recorded_compute(record: dict) -> Compute:
+    """The precision and XLA setting the record's features were computed with, on this process's backend."""
+    used = record["features"].get("compute") or {}
+    return Compute(backend_name(), used.get("precision", "float32"), used.get("xla", False))
 
 
 def load_head(record: dict):
@@ -161,26 +168,40 @@ def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad
 def head_on_features(record: dict, batch_size: int, n_classes: int):
     """(images -> preprocessed batches, batch -> probabilities) of a head on the record's backbone features."""
     spec, head = feature_spec(record), load_head(record)
-    model = build_feature_model(spec)
+    run = forward(feature_model(spec, recorded_compute(record)), batch_size)
     if record["features"]["weights_sha256"] != weights_sha256(spec):
         raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
-    return (lambda images: feature_batches(images, 0, len(images), batch_size, spec),
-            lambda batch: probabilities(head, model(batch, training=False).numpy(), n_classes))
+    return (lambda images: HostBatches(images, 0, len(images), batch_size, spec.input_size),
+            lambda batch: probabilities(head, run(batch), n_classes))
 
 
 def trained_model(record: dict, batch_size: int):
-    """The same pair for a finetune or scratch record's saved model: images resized to its input size, then
-    the backbone's preprocessing (finetune) or none (scratch models standardise their input themselves)."""
+    """The same pair for a finetune or scratch record's saved model, which takes images (resizing and
+    preprocessing are its own first layers)."""
     from featcache.backend import keras
 
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: train it again")
     model = load_model_file(keras.saving.load_model, Path(record["_folder"]) / record["model_file"])
-    provenance = record["model"]
-    transform = get_backbone(provenance["backbone"]["name"]).preprocess_input() if provenance["backbone"] \
-        else (lambda batch: batch)
-    return (lambda images: image_batches(images, 0, len(images), batch_size, provenance["input_size"], transform),
-            lambda batch: np.asarray(model(batch, training=False), dtype=np.float64))
+    if record["model"].get("takes") == "preprocessed":  # saved by featcache-result/1: add its input layers
+        model = with_input_layers(model, record["model"])
+    run = forward(model, batch_size)
+    return (lambda images: HostBatches(images, 0, len(images), batch_size, record["model"]["input_size"]),
+            lambda batch: run(batch).astype(np.float64))
+
+
+def with_input_layers(model, provenance: dict):
+    """A model of images around one that takes resized (and, for a fine-tuned backbone, preprocessed) pixels."""
+    from featcache.backend import keras
+
+    size, backbone = provenance["input_size"], provenance.get("backbone")
+    layers = preprocessing_layers(size, get_backbone(backbone["name"]).preprocess_input()) if backbone else \
+        preprocessing_layers(size, lambda pixels: pixels)[:1]
+    images = keras.Input((None, None, 3), name="images")
+    x = images
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(images, model(x))
 
 
 def probabilities(head, features: np.ndarray, n_classes: int) -> np.ndarray:

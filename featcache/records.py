@@ -51,7 +51,7 @@ from pathlib import Path
 from featcache import formats, paths
 from featcache._version import __version__
 from featcache.errors import FeatcacheError
-from featcache.files import write_json
+from featcache.files import lock_held, write_json
 
 FORMAT_NAME, FORMAT_VERSION = "featcache-result", 2
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
@@ -193,13 +193,14 @@ def migrate_v1(record: dict) -> dict:
         record["features"] = nested(record["features"])
     if record.get("model"):
         model = record["model"]
+        # version 1 models take resized, preprocessed pixels; version 2 models take images
         if record.get("kind") == "finetune":
             record["model"] = {**nested(model, moved=("backbone", "backbone_args", "weights", "seed", "pooling")),
-                               "architecture": None}
+                               "architecture": None, "takes": "preprocessed"}
         else:
             record["model"] = {**{k: v for k, v in model.items() if k not in ("backbone", "backbone_args", "weights",
                                                                               "pooling")},
-                               "backbone": None, "architecture": model["backbone"]}
+                               "backbone": None, "architecture": model["backbone"], "takes": "preprocessed"}
     else:
         record.setdefault("model", None)
     return record
@@ -261,18 +262,6 @@ class RunLock:
         self.handle.close()
 
 
-def _owned(folder: Path) -> bool:
-    lock = folder / LOCK_FILE
-    if not lock.exists():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    return False
-
-
 def leftovers(root=None) -> list[Path]:
     """Folders a killed fit left under results/: no record.json, no run.json (a resumable training run),
     and no running process owns them."""
@@ -281,7 +270,7 @@ def leftovers(root=None) -> list[Path]:
         return []
     return [f for f in sorted(folder.iterdir()) if f.is_dir() and not f.name.startswith(".")
             and not (f / RECORD_FILE).exists()
-            and not (f / RUN_FILE).exists() and not _owned(f)]
+            and not (f / RUN_FILE).exists() and not lock_held(f / LOCK_FILE)]
 
 
 def remove_leftovers(root=None) -> list[Path]:

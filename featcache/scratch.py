@@ -102,13 +102,11 @@ class ScratchRecipe:
         self.provenance = {"backbone": None, "architecture": self.name, "weights_sha256": None,
                            "input_size": input_size, "preprocessing": "per-channel standardisation (training images)"}
 
-    def build(self, n_classes: int, images, rows):
+    def build(self, x, n_classes: int, images, rows):
         mean, variance = channel_statistics(images, rows)
         with precision_policy():
-            inputs = keras.Input((self.input_size, self.input_size, 3))
-            x = keras.layers.Normalization(mean=mean, variance=variance)(inputs)
-            outputs = ARCHITECTURES[self.config.model](x, n_classes, self.config)
-        return keras.Model(inputs, outputs, name=self.name.replace("-", "_"))
+            x = keras.layers.Normalization(mean=mean, variance=variance)(x)
+            return ARCHITECTURES[self.config.model](x, n_classes, self.config)
 
     def phases(self) -> list[Phase]:
         config = self.config
@@ -126,9 +124,9 @@ class ScratchRecipe:
 
         return [Phase("train", config.epochs, start)]
 
-    def transform(self, training: bool):
-        if not (training and self.config.augment):
-            return lambda batch: batch
+    def input_layers(self) -> list:
+        if not self.config.augment:
+            return []
         if self.config.model == "wrn":  # flip and crop: 4-pixel shifts with zero padding
             return augmentation(flip=True, shift=4 / self.input_size, fill_mode="constant")
         return augmentation(flip=True, shift=0.1)

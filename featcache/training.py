@@ -7,8 +7,9 @@ transform, its provenance); :func:`train_and_evaluate` then does the same for ev
     unit  -> a validation slice of its rows for early stopping, then each phase's model.fit, checkpointed every epoch
     score -> featcache.evaluation.scores on each held-out fold and on the test split -> one result record
 
-Images stream batch by batch through the shared image pipeline (:func:`featcache.images.image_batches`),
-with the stage's augmentation running in ``tf.data`` before its preprocessing.
+Images stream batch by batch from the host (:class:`LabelledBatches`, decoded in threads); the model
+itself resizes them, augments them (Keras preprocessing layers, active in training only) and
+preprocesses them (:func:`full_model`), so the saved model takes images and every Keras backend runs it.
 
 A run lives in its record's folder; ``record.json`` is written last, so an unfinished run is never
 listed as a result:
@@ -20,23 +21,23 @@ listed as a result:
 """
 
 import json
+import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-from featcache.backend import keras
 import numpy as np
 
 from featcache import paths, records
+from featcache.backend import dtype_policy, gpu_present, keras, mixed_policy
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
 from featcache.files import write_json
-from featcache.images import image_batches
+from featcache.images import HostBatches, forward, read_batch
 from featcache.settings import TrainOptions
 
 STATE_FILE = "state.json"
@@ -65,14 +66,16 @@ class Recipe(Protocol):
     settings: dict  # the stage's own settings: the record's params, and part of its model dict
     provenance: dict  # backbone, backbone_args, weights, weights_sha256, input_size, pooling, ...
 
-    def build(self, n_classes: int, images, rows: np.ndarray):
-        """A new, uncompiled Keras model; ``images``/``rows`` are its training images, for statistics."""
+    def build(self, x, n_classes: int, images, rows: np.ndarray):
+        """The model's output tensor on ``x`` (resized, augmented, preprocessed images); ``images``/``rows``
+        are its training images, for statistics."""
 
     def phases(self) -> list[Phase]:
         ...
 
-    def transform(self, training: bool) -> Callable:
-        """Resized float batch -> model input: preprocessing, with augmentation first when ``training``."""
+    def input_layers(self) -> list:
+        """Layers between the resized images and ``build``: augmentation (Keras' random layers act only in
+        training) and preprocessing."""
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -128,35 +131,45 @@ def native_size(images) -> int:
     return int(images.read(0, 1).shape[1])
 
 
-def labelled_batches(images, labels: np.ndarray, rows: np.ndarray, batch_size: int, size: int, transform):
-    """(images, labels) batches of ``rows`` in order, images read and transformed lazily."""
-    from featcache.backend import tensorflow
-    tf = tensorflow()
+class LabelledBatches(keras.utils.PyDataset):
+    """(images, labels) batches for ``model.fit``, decoded on the host by Keras' worker threads.
 
-    x = image_batches(Subset(images, rows), 0, len(rows), batch_size, size, transform)
-    y = tf.data.Dataset.from_tensor_slices(labels[rows]).batch(batch_size)
-    return tf.data.Dataset.zip((x, y))
+    With ``seed``, each epoch is its own permutation of ``rows`` cut to whole batches, depending on
+    (seed, epoch) only, so a resumed run sees the batches a run that never stopped would; without,
+    the rows in order (validation).
+    """
+
+    def __init__(self, images, labels: np.ndarray, rows: np.ndarray, batch_size: int, size: int,
+                 seed: int | None = None, first_epoch: int = 0):
+        super().__init__(workers=min(4, os.cpu_count() or 1), use_multiprocessing=False)
+        self.images, self.labels, self.rows, self.batch_size, self.size = images, labels, rows, batch_size, size
+        self.seed, self.epoch = seed, first_epoch
+
+    def __len__(self):
+        return steps_per_epoch(len(self.rows), self.batch_size) if self.seed is not None \
+            else -(-len(self.rows) // self.batch_size)
+
+    def order(self) -> np.ndarray:
+        if self.seed is None:
+            return self.rows
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.rows)
+
+    def __getitem__(self, index: int):
+        rows = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
+        return read_batch(Subset(self.images, rows), 0, len(rows), self.size), self.labels[rows]
+
+    def on_epoch_end(self):
+        self.epoch += 1
 
 
 def steps_per_epoch(rows: int, batch_size: int) -> int:
     return max(rows // batch_size, 1)
 
 
-def epoch_order(rows: np.ndarray, batch_size: int, first_epoch: int, epochs: int, seed: int) -> np.ndarray:
-    """The rows of epochs first_epoch..epochs-1 back to back, each epoch a permutation cut to whole batches.
-
-    An epoch's permutation depends on (seed, epoch) only, so a resumed run sees the batches a run
-    that never stopped would; whole batches keep one batch shape (one trace) and batches from
-    straddling two epochs.
-    """
-    keep = steps_per_epoch(len(rows), batch_size) * batch_size
-    return np.concatenate([np.random.default_rng([seed, epoch]).permutation(rows)[:keep]
-                           for epoch in range(first_epoch, epochs)])
-
-
 def augmentation(flip: bool = True, shift: float = 0.0, rotation: float = 0.0, zoom: float = 0.0,
-                 fill_mode: str = "reflect", seed: int = 0) -> Callable:
-    """Random horizontal flips, shifts, rotations and zooms, drawn per image (Keras preprocessing layers)."""
+                 fill_mode: str = "reflect", seed: int = 0) -> list:
+    """Random horizontal flips, shifts, rotations and zooms, drawn per image (Keras preprocessing layers,
+    which act only in training)."""
     layers = []
     if flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
@@ -167,13 +180,16 @@ def augmentation(flip: bool = True, shift: float = 0.0, rotation: float = 0.0, z
         layers.append(keras.layers.RandomRotation(rotation, fill_mode=fill_mode, seed=seed))
     if zoom:
         layers.append(keras.layers.RandomZoom(zoom, fill_mode=fill_mode, seed=seed))
+    return layers
 
-    def augment(batch):
-        for layer in layers:
-            batch = layer(batch, training=True)
-        return batch
 
-    return augment
+def full_model(recipe: Recipe, n_classes: int, images, rows: np.ndarray):
+    """Images of any size (float32 pixels) -> resize -> the recipe's input layers -> its model, as one model."""
+    inputs = keras.Input((None, None, 3), name="images")
+    x = keras.layers.Resizing(recipe.input_size, recipe.input_size, interpolation="bilinear", name="resize")(inputs)
+    for layer in recipe.input_layers():
+        x = layer(x)
+    return keras.Model(inputs, recipe.build(x, n_classes, images, rows), name=recipe.name.replace("-", "_"))
 
 
 def validation_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed: int):
@@ -195,29 +211,16 @@ def validation_split(labels: np.ndarray, rows: np.ndarray, fraction: float, seed
 # --- the accelerator ----------------------------------------------------------------------------
 
 
-def gpu_present() -> bool:
-    from featcache.backend import tensorflow
-    tf = tensorflow()
-
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-@contextmanager
 def precision_policy():
-    """Layers built inside use mixed float16 on a GPU (float32 elsewhere); the global policy is restored after."""
-    before = keras.config.dtype_policy()
-    if gpu_present():
-        keras.config.set_dtype_policy("mixed_float16")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(before)
+    """Layers built inside use mixed precision on a GPU (float32 elsewhere); the global policy is restored after."""
+    return dtype_policy(mixed_policy() if gpu_present() else None)
 
 
 def compile_model(model, optimizer) -> None:
-    """Sparse cross-entropy and accuracy; XLA on a GPU. (Keras adds loss scaling for mixed float16 itself.)"""
+    """Sparse cross-entropy and accuracy; Keras compiles with XLA where it pays. (It adds loss scaling for
+    mixed float16 itself.)"""
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  jit_compile=gpu_present())
+                  jit_compile="auto")
 
 
 # --- checkpointed training of one unit ------------------------------------------------------------
@@ -292,12 +295,11 @@ def train_unit(recipe: Recipe, data: TrainingData, rows: np.ndarray, folder: Pat
     if state.checkpoint:
         model = keras.models.load_model(folder / state.checkpoint)
     else:
-        model = recipe.build(len(data.class_names), data.images, rows)
+        model = full_model(recipe, len(data.class_names), data.images, rows)
     fit_rows, val_rows = validation_split(data.labels, rows, options.val_split, options.seed)
     size, batch_size = recipe.input_size, recipe.batch_size
     steps = steps_per_epoch(len(fit_rows), batch_size)
-    val = (labelled_batches(data.images, data.labels, val_rows, batch_size, size, recipe.transform(False))
-           if len(val_rows) else None)
+    val = LabelledBatches(data.images, data.labels, val_rows, batch_size, size) if len(val_rows) else None
     phases = recipe.phases()
     for index in range(state.phase, len(phases)):
         phase = phases[index]
@@ -305,10 +307,9 @@ def train_unit(recipe: Recipe, data: TrainingData, rows: np.ndarray, folder: Pat
             phase.start(model, steps)
         if not state.phase_over(phase, options.patience):
             _say(progress, f"{folder.name}: phase {phase.name}, epochs {state.epoch + 1}-{phase.epochs}")
-            order = epoch_order(fit_rows, batch_size, state.epoch, phase.epochs, options.seed)
-            train = labelled_batches(data.images, data.labels, order, batch_size, size, recipe.transform(True))
-            model.fit(train, epochs=phase.epochs, initial_epoch=state.epoch, steps_per_epoch=steps,
-                      validation_data=val, shuffle=False, verbose=1 if progress else 0,
+            train = LabelledBatches(data.images, data.labels, fit_rows, batch_size, size, options.seed, state.epoch)
+            model.fit(train, epochs=phase.epochs, initial_epoch=state.epoch, validation_data=val, shuffle=False,
+                      verbose=1 if progress else 0,
                       callbacks=[Checkpoint(folder, state, phase, options.patience), *callbacks])
         _finish_phase(model, folder, state)
     return model, state
@@ -340,10 +341,9 @@ class KerasClassifier:
         self.classes_ = np.arange(n_classes)
 
     def predict_proba(self, images) -> np.ndarray:
-        batches = image_batches(images, 0, len(images), self.recipe.batch_size, self.recipe.input_size,
-                                self.recipe.transform(False))
-        proba = self.model.predict(batches, verbose=0).astype(np.float64)
-        return proba / proba.sum(axis=1, keepdims=True)  # float32 softmax rows miss 1 by rounding
+        run = forward(self.model, self.recipe.batch_size)
+        batches = HostBatches(images, 0, len(images), self.recipe.batch_size, self.recipe.input_size)
+        return np.concatenate([run(batch) for batch in batches]).astype(np.float64)
 
 
 def evaluate(model, recipe: Recipe, images, labels: np.ndarray, rows: np.ndarray, n_classes: int):

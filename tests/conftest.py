@@ -46,12 +46,14 @@ def write_cache(root: Path, x, y, x_test=None, y_test=None, class_names=None, sp
     """A finished cache file of the given features, written by the cache's own writer (as extract does)."""
     from featcache import cache
     from featcache.backbones import make_spec
+    from featcache.compute import resolve
 
     spec = spec or make_spec("mobilenetv2", input_size=32, weights="none", options={"alpha": 0.35})
     class_names = class_names or [f"c{i}" for i in range(int(max(y.max(), *(y_test if y_test is not None else [0]))) + 1)]
     arrays = {"train": (x, y), **({"test": (x_test, y_test)} if x_test is not None else {})}
     rows = {split: len(features) for split, (features, _) in arrays.items()}
-    key = cache.cache_key(f"arrays-{sum(rows.values())}-{float(np.sum(x)):.6f}", spec, None, "float32")
+    key = cache.cache_key(f"arrays-{sum(rows.values())}-{float(np.sum(x)):.6f}", spec, None, "float32",
+                          resolve())
     stem = cache.cache_stem("arrays", spec, key)
     provenance = {"key": key, "dataset": {"name": "arrays", "fingerprint": key[:32], "label_sets": ["label"]},
                   "backbone": spec.to_record(), "weights_sha256": None, "preprocessing": "none",

@@ -15,6 +15,7 @@ from featcache.backbones import build_feature_model, make_spec
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
 from featcache.cache import cache_key
+from featcache.compute import Compute, resolve
 from featcache.extract import extract
 
 
@@ -51,19 +52,25 @@ def test_float16_on_request(root, small_spec):
     assert cache.FeatureCache(result.path).features("train").dtype == np.float16
 
 
+F32 = Compute("tensorflow")
+
+
 def test_every_input_changes_the_key(tmp_path, small_spec):
     weights = tmp_path / "w.weights.h5"
     weights.write_bytes(b"x")
-    base = cache_key("data", small_spec, None, "float32")
+    base = cache_key("data", small_spec, None, "float32", F32)
     variants = [
-        cache_key("other data", small_spec, None, "float32"),
-        cache_key("data", replace(small_spec, input_size=48), None, "float32"),
-        cache_key("data", replace(small_spec, pooling="max"), None, "float32"),
-        cache_key("data", replace(small_spec, options=(("alpha", 0.5),)), None, "float32"),
-        cache_key("data", replace(small_spec, name="resnet50"), None, "float32"),
-        cache_key("data", replace(small_spec, seed=1), None, "float32"),
-        cache_key("data", small_spec, "sha-of-a-weights-file", "float32"),
-        cache_key("data", small_spec, None, "float16"),
+        cache_key("other data", small_spec, None, "float32", F32),
+        cache_key("data", replace(small_spec, input_size=48), None, "float32", F32),
+        cache_key("data", replace(small_spec, pooling="max"), None, "float32", F32),
+        cache_key("data", replace(small_spec, options=(("alpha", 0.5),)), None, "float32", F32),
+        cache_key("data", replace(small_spec, name="resnet50"), None, "float32", F32),
+        cache_key("data", replace(small_spec, seed=1), None, "float32", F32),
+        cache_key("data", small_spec, "sha-of-a-weights-file", "float32", F32),
+        cache_key("data", small_spec, None, "float16", F32),
+        cache_key("data", small_spec, None, "float32", Compute("jax")),
+        cache_key("data", small_spec, None, "float32", Compute("tensorflow", precision="mixed")),
+        cache_key("data", small_spec, None, "float32", Compute("tensorflow", xla=True)),
     ]
     assert len({base, *variants}) == len(variants) + 1
     one_pixel = load_dataset("synthetic:n=20")
@@ -89,7 +96,7 @@ def test_a_second_process_on_the_same_key_gets_a_clear_error(root, small_spec):
     from featcache.cache import cache_stem
     from featcache.backbones import weights_sha256
 
-    key = cache_key(data.fingerprint, small_spec, weights_sha256(small_spec), "float32")
+    key = cache_key(data.fingerprint, small_spec, weights_sha256(small_spec), "float32", resolve())
     with cache.ExtractionLock(cache_stem(data.name, small_spec, key), root):
         with pytest.raises(FeatcacheError, match="another featcache process is extracting"):
             extract(data, small_spec, root, progress=False)
@@ -172,3 +179,16 @@ def test_mixed_size_folder_resizes_each_image_like_the_uniform_path(tmp_path, ro
     one_by_one = [model(preprocess_input(tf.image.resize(images.read_one(i)[None].astype("float32"), (32, 32))))
                   for i in range(5)]
     np.testing.assert_allclose(features, np.concatenate(one_by_one), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision, xla", [("mixed", False), ("float32", True)])
+def test_mixed_precision_and_xla_run_here_and_key_their_own_cache(root, small_spec, precision, xla):
+    data = load_dataset("synthetic:n=20")
+    plain = extract(data, small_spec, root, progress=False, precision="float32", xla=False)
+    other = extract(data, small_spec, root, progress=False, precision=precision, xla=xla)
+    assert other.path != plain.path and not other.cached
+    recorded = cache.FeatureCache(other.path).provenance["compute"]
+    assert (recorded["precision"], recorded["xla"]) == (precision, xla)
+    a, b = cache.FeatureCache(plain.path).features("train"), cache.FeatureCache(other.path).features("train")
+    assert b.dtype == np.float32 and np.isfinite(b).all()
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())  # same features, other rounding

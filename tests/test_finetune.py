@@ -18,6 +18,7 @@ from featcache.finetune import (FinetuneRecipe, backbone_of, block_starts, finet
 from featcache.predict import predict
 from featcache.report import build_report
 from featcache.settings import FinetuneSettings, TrainOptions
+from featcache.training import full_model
 
 DATASET = "synthetic:n=128,classes=4,size=32,seed=0"
 
@@ -165,7 +166,7 @@ def test_phase_1_can_start_from_a_fitted_mlp_head(spec, root):
     data = load_dataset(DATASET)
     record, head = fake_mlp_record(spec, root)
     path = init_head_file(record, spec, data.fingerprint, "fine")
-    model = FinetuneRecipe(spec, FinetuneSettings(init_head=str(path))).build(4, None, None)
+    model = full_model(FinetuneRecipe(spec, FinetuneSettings(init_head=str(path))), 4, None, None)
     nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert nested[0] is backbone_of(model) and len(nested) == 2
     assert all(np.array_equal(a, b) for a, b in zip(nested[1].get_weights(), head.get_weights()))

@@ -114,3 +114,33 @@ def test_a_previous_version_cache_still_reads_and_a_newer_one_is_refused(root):
         f.attrs["format"] = "featcache-features/3"
     with pytest.raises(FeatcacheError, match="newer featcache"):
         FeatureCache(found.path)
+
+
+def test_a_version_1_trained_model_still_predicts(root, tmp_path):
+    """featcache-result/1 saved finetune/scratch models that take resized pixels; predict adds the resize."""
+    from PIL import Image
+
+    from featcache.backend import keras
+    from featcache.predict import predict
+
+    inputs = keras.Input((16, 16, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(inputs)))
+    folder = records.record_folder("20250101-000000-basic-cnn-abcdef", root)
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    (folder / records.RECORD_FILE).write_text(json.dumps({
+        "format": "featcache-result/1", "id": folder.name, "created": "2025-01-01T00:00:00+00:00",
+        "kind": "scratch", "approach": "scratch basic-cnn-16", "head": "basic-cnn", "params": {},
+        "dataset": {"name": "d", "fingerprint": "f", "label_set": "label", "class_names": ["a", "b"],
+                    "n_train": 4, "n_test": None},
+        "features": None, "model": {"backbone": "basic-cnn", "backbone_args": {}, "weights": "none",
+                                    "weights_sha256": None, "input_size": 16, "pooling": None},
+        "cv": {"folds": 0, "seed": 0, "fold_metrics": [], "summary": {}}, "test": None,
+        "model_file": "model.keras"}))
+    pixels = np.random.default_rng(0).integers(0, 255, (24, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    found, _ = predict(records.load_record(folder.name, root), [tmp_path / "x.png"], top_k=2, progress=False)
+    probabilities = dict(zip(*(lambda p: (p.classes, p.probabilities))(next(found))))
+    resized = keras.layers.Resizing(16, 16)(pixels[None].astype("float32"))
+    expected = np.asarray(model(resized))[0]
+    np.testing.assert_allclose([probabilities["a"], probabilities["b"]], expected, atol=1e-6)
