@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FEATCACHE := $(VENV)/bin/featcache
 # CPU wheels by default; EXTRAS=gpu,test installs tensorflow[and-cuda] and xgboost instead.
-EXTRAS ?= cpu,test
+# The tests also run a subset under Keras' JAX backend (the jax extra, a CPU wheel here).
+EXTRAS ?= cpu,jax,test
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,3 +22,4 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backends

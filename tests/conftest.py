@@ -1,11 +1,9 @@
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import featcache.backend  # noqa: F401  (Keras and TensorFlow loaded once, quietly, before any test imports them)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -123,6 +123,7 @@ def test_standardisation_is_fitted_on_training_rows_only(monkeypatch, root):
             assert rows_seen == set(train) and not rows_seen & set(held_out)
 
 
+@pytest.mark.backends
 def test_mlp_is_deterministic_with_a_seed(data):
     (x, y), (x_test, _) = data
     first = heads.make_head("mlp", **FAST["mlp"], random_state=3).fit(x, y).predict_proba(x_test)
@@ -139,6 +140,7 @@ def test_saved_head_reloads_and_predicts_the_same(name, data, tmp_path):
     assert loaded.get_params() == head.get_params()
 
 
+@pytest.mark.backends
 def test_mlp_as_keras_model_covers_every_class(data):
     (x, y), (x_test, _) = data
     keep = y != 2  # class 2 absent from training: its probability column must be 0
