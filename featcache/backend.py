@@ -69,7 +69,7 @@ def tensorflow():
 with native_stderr_silenced():
     import keras  # noqa: E402  (imports its backend, TensorFlow by default)
     if importlib.util.find_spec("tensorflow"):  # other backends still load it for some layers, later and loudly
-        import tensorflow  # noqa: F401
+        importlib.import_module("tensorflow")
 
 if not VERBOSE:
     for name in ("tensorflow", "absl"):  # retracing notices and the like: featcache reports its own progress
