@@ -15,7 +15,6 @@ from typing import Callable
 
 from featcache.backbone_facts import FACTS
 from featcache.errors import FeatcacheError, WeightsUnavailable
-from featcache.files import file_sha256
 from featcache.params import Interval, Options, Rule, check, validate
 
 POOLINGS = ("avg", "max")
@@ -203,7 +202,12 @@ def weights_sha256(spec: BackboneSpec) -> str | None:
     path = imagenet_weights_path(spec) if spec.weights == "imagenet" else Path(spec.weights)
     if not path.is_file():
         return None
-    return file_sha256(path)
+    from featcache.file_index import FileIndex
+
+    index = FileIndex()  # a 100 MB weights file is hashed once, not on every cached answer
+    digest = index.digest(path, "sha256")
+    index.save()
+    return digest
 
 
 def build_feature_model(spec: BackboneSpec):

@@ -154,6 +154,8 @@ def main(ctx, cache_dir, verbose):
     """Extract pretrained-backbone features once, then fit and compare heads on them."""
     if verbose:
         os.environ["FEATCACHE_VERBOSE"] = "1"  # read when featcache.backend first loads Keras
+    if cache_dir:
+        os.environ["FEATCACHE_CACHE"] = cache_dir  # for what finds the root itself (the file index)
     ctx.obj = {"root": cache_dir}
 
 

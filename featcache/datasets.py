@@ -59,13 +59,20 @@ class ArrayImages:
 class FileImages:
     """Image files decoded on demand (as RGB, at their native size) by :func:`decode_image`.
 
-    Resizing is left to the extraction pipeline, which uses one resize (TensorFlow's bilinear)
-    for every source, so the same image gives the same features whichever way it arrives.
+    Nothing is read when the source is made: whether the images share one size comes from their
+    headers, when first asked; their fingerprint from the file index (:mod:`featcache.file_index`),
+    which reads only new or changed files. Resizing is left to the image pipeline, which uses one
+    resize for every source, so the same image gives the same features whichever way it arrives.
     """
 
-    def __init__(self, paths: list[Path], sizes: list[tuple[int, int]]):
+    def __init__(self, paths: list[Path]):
         self.paths = paths
-        self.uniform = len(set(sizes)) <= 1
+
+    @cached_property
+    def uniform(self) -> bool:
+        """Whether every image has one size (as shown: EXIF orientation applied), from the file headers."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return len(set(pool.map(header_size, self.paths))) <= 1
 
     def __len__(self):
         return len(self.paths)
@@ -78,10 +85,17 @@ class FileImages:
         return decode_image(self.paths[index])
 
     def fingerprint(self) -> str:
+        """A hash of the files' names and contents; unchanged files are not read again (the file index)."""
+        from featcache.file_index import FileIndex
+
+        index = FileIndex()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            contents = list(pool.map(index.digest, self.paths))
+        index.save()
         digest = hashlib.blake2b(digest_size=16)
-        for path in self.paths:
+        for path, content in zip(self.paths, contents):
             digest.update(path.name.encode())
-            digest.update(path.read_bytes())
+            digest.update(content.encode())
         return digest.hexdigest()
 
 
@@ -382,24 +396,39 @@ class ImageError(FeatcacheError):
 
 
 def open_images(paths: list[Path], skip_bad: bool = False) -> tuple[FileImages, list[int], list[str]]:
-    """Check every file decodes (in parallel): an undecodable one is an error naming it, or with
-    ``skip_bad`` is left out. Returns the images, the indices of the kept paths, and the skipped paths."""
+    """The image files as a source. With ``skip_bad`` every file is decoded first (in parallel) and those
+    that cannot be are left out; without, nothing is read now, and a file that cannot be decoded is an
+    error naming it when the pipeline reaches it. Returns the images, the indices of the kept paths,
+    and the skipped paths."""
+    if not skip_bad:
+        return FileImages(list(paths)), list(range(len(paths))), []
     with ThreadPoolExecutor(max_workers=8) as pool:
-        sizes = list(pool.map(_decoded_size, paths))
-    bad = [(str(p), size) for p, size in zip(paths, sizes) if isinstance(size, ImageError)]
-    if bad and not skip_bad:
-        more = f" ({len(bad) - 1} more files cannot be used either)" if len(bad) > 1 else ""
-        raise FeatcacheError(f"{bad[0][1]}, or leave such files out with skip_bad=True{more}")
-    kept = [i for i, size in enumerate(sizes) if not isinstance(size, ImageError)]
-    return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, [path for path, _ in bad]
+        problems = list(pool.map(_problem, paths))
+    kept = [i for i, problem in enumerate(problems) if problem is None]
+    return FileImages([paths[i] for i in kept]), kept, [str(p) for p, problem in zip(paths, problems) if problem]
 
 
-def _decoded_size(path: Path):
-    """The image's decoded (height, width), or the :class:`ImageError` saying why it cannot be used."""
+def _problem(path: Path):
+    """None when the file decodes, else the :class:`ImageError` saying why it cannot be used."""
     try:
-        return decode_image(path).shape[:2]
+        decode_image(path)
     except ImageError as exc:
         return exc
+    return None
+
+
+def header_size(path) -> tuple[int, int]:
+    """The image's (width, height) as shown (EXIF orientation applied), from its header alone."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the sides
+    except Exception:  # Pillow raises many kinds for broken files
+        raise ImageError(f"cannot read image {path}: fix or remove it, or leave such files out with "
+                         "skip_bad=True") from None
+    return (height, width) if turned else (width, height)
 
 
 def decode_image(path) -> np.ndarray:
@@ -424,10 +453,11 @@ def decode_image(path) -> np.ndarray:
         raise ImageError(
             f"image {path} is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
             f"(Image.MAX_IMAGE_PIXELS): allow it with the environment variable {PIXEL_LIMIT_VARIABLE} "
-            "(a number of pixels, 0 for no limit)"
+            "(a number of pixels, 0 for no limit), or leave such files out with skip_bad=True"
         ) from None
     except Exception:  # Pillow raises many kinds for broken files
-        raise ImageError(f"cannot decode image {path}: fix or remove it") from None
+        raise ImageError(f"cannot decode image {path}: fix or remove it, or leave such files out with "
+                         "skip_bad=True") from None
     if image.mode.startswith("I"):
         grey = np.clip((np.asarray(image).astype(np.int64) + 128) // 257, 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)

@@ -193,3 +193,42 @@ def test_mixed_precision_and_xla_run_here_and_key_their_own_cache(root, small_sp
     a, b = cache.FeatureCache(plain.path).features("train"), cache.FeatureCache(other.path).features("train")
     assert b.dtype == np.float32 and np.isfinite(b).all()
     np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())  # same features, other rounding
+
+
+CACHED_ANSWER = """
+import sys
+import featcache.datasets, featcache.files
+def forbidden(*args, **kwargs):
+    raise AssertionError("an image file was read")
+featcache.files.file_hash = featcache.datasets.decode_image = featcache.datasets.header_size = forbidden
+from featcache.cli import main
+main(["extract", "--dataset", "folder:" + sys.argv[1], "--backbone", "mobilenetv2", "--alpha", "0.35",
+      "--input-size", "32", "--weights", sys.argv[2]], standalone_mode=False)
+print("tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+def test_a_cached_answer_reads_no_image_and_imports_no_tensorflow(tmp_path, root, small_spec):
+    write_images(tmp_path / "imgs" / "a", 3)
+    write_images(tmp_path / "imgs" / "b", 3, seed=1)
+    weights = tmp_path / "w.weights.h5"
+    build_feature_model(small_spec).save_weights(weights)
+    spec = make_spec("mobilenetv2", 32, weights=str(weights), options={"alpha": 0.35})
+    extract(load_dataset(f"folder:{tmp_path / 'imgs'}"), spec, root, progress=False)
+    done = subprocess.run([sys.executable, "-c", CACHED_ANSWER, str(tmp_path / "imgs"), str(weights)],
+                          capture_output=True, text=True, env={**os.environ, "FEATCACHE_CACHE": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert "features are cached" in done.stdout and done.stdout.strip().endswith("False False")
+
+
+def test_the_file_index_sees_a_change_that_keeps_size_and_mtime(tmp_path, root):
+    paths = write_images(tmp_path / "imgs" / "a", 2) + write_images(tmp_path / "imgs" / "b", 2, seed=1)
+    before = load_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint
+    assert load_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint == before  # from the index this time
+    stat = paths[0].stat()
+    data = bytearray(paths[0].read_bytes())
+    data[-20] ^= 0xFF  # same size
+    paths[0].write_bytes(bytes(data))
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime: only the ctime moved
+    assert paths[0].stat().st_size == stat.st_size and paths[0].stat().st_mtime_ns == stat.st_mtime_ns
+    assert load_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint != before
