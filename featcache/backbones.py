@@ -28,7 +28,8 @@ from featcache.params import Interval, Options, Rule, check, validate
 
 POOLINGS = ("avg", "max")  # a convolutional backbone's global pooling; hub presets have their own
 HUB_POOLINGS = ("cls", "mean", "cls+mean", "pooled", "projected")
-HUB_PREFIX = "hub:"
+HUB_PREFIX = "hub:"  # what a user types; a hub backbone's name is "hub." and the preset's name (a Keras scope name)
+HUB_NAME = "hub."
 ENTRY_POINT_GROUP = "featcache.backbones"
 
 
@@ -333,7 +334,7 @@ def _plugged_in(entry_point) -> Plugin:
 
 
 def get_backbone(name: str) -> Backbone:
-    if name.startswith(HUB_PREFIX):
+    if name.startswith((HUB_PREFIX, HUB_NAME)):
         from featcache import hub
 
         return hub.backbone(name[len(HUB_PREFIX):])

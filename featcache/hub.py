@@ -2,7 +2,8 @@
 
 PRESET is a KerasHub preset name (``dinov2_base``, pinned to its versioned Kaggle handle), a
 ``kaggle://`` or ``hf://`` handle, or a preset folder (``save_to_preset``'s), which works offline.
-The backbone is named ``hub:`` plus the preset's own name (a folder's name, a handle's variation);
+The backbone is named ``hub.`` plus the preset's own name (a folder's name, a handle's variation: a
+name Keras, TensorFlow and file systems take);
 its spec records the handle or folder, and the cache key hashes the preset's files.
 
 - Preprocessing is the preset's image converter without its resize (the pipeline resizes): its
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.backbones import HUB_PREFIX, Backbone
+from featcache.backbones import HUB_NAME, Backbone
 from featcache.errors import FeatcacheError
 from featcache.params import Interval, Options, Rule
 
@@ -115,22 +116,22 @@ def backbone(preset: str) -> "HubBackbone":
     poolings = family.poolings if vision.get("use_class_token", True) else ("mean",)
     blocks = tuple(family.block.format(n) for n in range(family.first_block, family.first_block + vision["num_layers"]))
     size, patch = vision["image_shape"][0], vision["patch_size"]
-    return HubBackbone(HUB_PREFIX + preset_name(location), location, config["class_name"], size,
-                       patch if family.interpolates else size, blocks, poolings, patch,
-                       1 + vision.get("num_register_tokens", 0))
+    return HubBackbone(HUB_NAME + preset_name(location), config["class_name"], size,
+                       patch if family.interpolates else size, blocks, patch, 1 + vision.get("num_register_tokens", 0),
+                       poolings, location)
 
 
 @dataclass(frozen=True)
 class HubBackbone(Backbone):
     name: str
-    preset: str  # the folder or handle
     family: str  # the KerasHub backbone class
     default_size: int
     min_size: int
     blocks: tuple
-    poolings: tuple
     patch_size: int
     first_patch: int  # the index of the first patch token (after the CLS and register tokens)
+    poolings: tuple
+    preset: str  # the folder or handle
     pretrained = "preset"
     options = {}
 
@@ -145,8 +146,9 @@ class HubBackbone(Backbone):
     def size_rules(self):
         if not FAMILIES[self.family].interpolates:
             return [Options(self.default_size)]
-        return [Interval(int, self.min_size, None),
-                Rule(lambda size: size % self.patch_size == 0, f"a multiple of the patch size {self.patch_size}")]
+        at_least = Interval(int, self.min_size, None)
+        return [Rule(lambda size: at_least.accepts(size) and size % self.patch_size == 0,
+                     f"{at_least} and a multiple of the patch size {self.patch_size}")]
 
     def preprocess_input(self):
         converter = _config(self.preset, "image_converter.json")["config"]
@@ -179,7 +181,7 @@ class HubBackbone(Backbone):
         tower = getattr(model, family.tower) if family.tower else model
         out = tower({"images": images} if isinstance(tower.input, dict) else images)
         pooled = self._poolings(model, out)[spec.pooling]()
-        return keras.Model(images, pooled, name=spec.name.replace(":", "_"))
+        return keras.Model(images, pooled, name=spec.name)
 
     def _poolings(self, model, out) -> dict:
         """The family's image embeddings of the tower's output, each built when called."""
