@@ -14,7 +14,9 @@ from featcache import cache, cv, heads, records
 from featcache.backbones import BackboneSpec, build_feature_model, make_spec, weights_sha256
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError, ParameterError
-from featcache.export import affine_preprocessing, export, load_model
+from featcache.compute import resolve
+from featcache.export import export, load_model
+from featcache.images import affine_preprocessing
 from featcache.extract import extract
 from featcache.finetune import nested_layers, unfreeze_top_blocks
 from featcache.predict import predict
@@ -85,7 +87,7 @@ def test_preset_is_a_backbone(presets, family):
     converter = keras_hub.layers.ImageConverter.from_preset(str(presets[family]))
     ours = np.asarray(spec.backbone.preprocess_input()(pixels))
     np.testing.assert_allclose(ours, np.asarray(converter(pixels)), atol=1e-4)
-    kernel, bias = affine_preprocessing(spec)
+    kernel, bias = affine_preprocessing(spec.backbone.preprocess_input())
     np.testing.assert_allclose(pixels @ kernel + bias, ours, atol=1e-3)
 
     # fine-tuning: unfreeze=1 trains the last transformer block (and what follows it), nothing below it
@@ -118,7 +120,7 @@ def test_record_round_trip_and_cache_key(presets, tmp_path):
     # the same preset name with other weights: another hash, another cache key
     other = make_spec(f"hub:{save_preset(tmp_path / 'tiny_vit', 'vit', seed=1)}", pooling="mean")
     assert other.name == spec.name and weights_sha256(other) != weights_sha256(spec) is not None
-    keys = {cache.cache_key("data", s, weights_sha256(s), "float32") for s in (spec, other)}
+    keys = {cache.cache_key("data", s, weights_sha256(s), "float32", resolve()) for s in (spec, other)}
     assert len(keys) == 2
 
 
