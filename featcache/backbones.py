@@ -200,7 +200,11 @@ class Plugin(Backbone):
 
 def _constant(module: str, constant: str):
     """A weights URL Keras keeps as a constant of its application module."""
-    return lambda options, size: getattr(importlib.import_module(f"keras.src.applications.{module}"), constant)
+    def url(options, size):
+        import featcache.backend  # noqa: F401  (Keras imported quietly)
+
+        return getattr(importlib.import_module(f"keras.src.applications.{module}"), constant)
+    return url
 
 
 def _under(module: str, file_name: str, base: str = "BASE_WEIGHTS_PATH"):
@@ -265,7 +269,7 @@ def _mobilenet_v3(size_name, blocks):
 BACKBONES = {
     b.name: b
     for b in [
-        _resnet("resnet50", "ResNet50"),
+        _resnet("resnet50", "ResNet50", "resnet50"),
         _resnet("resnet101", "ResNet101"),
         Application("vgg16", "vgg16", "VGG16", 224, 32, _constant("vgg16", "WEIGHTS_PATH_NO_TOP"),
                     _numbered("block{}_", range(1, 6))),
