@@ -15,7 +15,6 @@ the Keras model that maps preprocessed images to pooled features. Three kinds im
 import hashlib
 import importlib
 import os
-import re
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -27,7 +26,6 @@ from featcache.files import file_sha256
 from featcache.params import Interval, Options, Rule, check, validate
 
 POOLINGS = ("avg", "max")  # a convolutional backbone's global pooling; hub presets have their own
-HUB_POOLINGS = ("cls", "mean", "cls+mean", "pooled", "projected")
 HUB_PREFIX = "hub:"  # what a user types; a hub backbone's name is "hub." and the preset's name (a Keras scope name)
 HUB_NAME = "hub."
 ENTRY_POINT_GROUP = "featcache.backbones"
@@ -341,7 +339,7 @@ def get_backbone(name: str) -> Backbone:
     if name.startswith((HUB_PREFIX, HUB_NAME)):
         from featcache import hub
 
-        return hub.backbone(name[len(HUB_PREFIX):])
+        return hub.backbone(name[len(HUB_PREFIX):])  # "hub:" and "hub." are as long
     if name in BACKBONES:
         return BACKBONES[name]
     plugged = plugins()
