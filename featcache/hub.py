@@ -17,6 +17,7 @@ its spec records the handle or folder, and the cache key hashes the preset's fil
 """
 
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,8 @@ def locate(preset: str) -> str:
 
 def preset_name(location: str) -> str:
     """The preset's own name: a folder's name, a handle's last part that is not a version number."""
-    return next(part for part in reversed(location.rstrip("/").split("/")) if not part.isdigit())
+    name = next(part for part in reversed(location.rstrip("/").split("/")) if not part.isdigit())
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)  # a Keras scope name and a file name
 
 
 def preset_file(location: str, name: str) -> Path:
@@ -108,10 +110,10 @@ def backbone(preset: str) -> "HubBackbone":
     """The backbone of a preset, described from its config files (no model is built)."""
     location = locate(preset)
     config = _config(location)
-    family = FAMILIES.get(config["class_name"])
+    family = FAMILIES.get(config.get("class_name"))
     if family is None:
-        raise FeatcacheError(f"hub:{preset} is a {config['class_name']}: featcache takes the image embeddings of "
-                             f"{', '.join(FAMILIES)} presets")
+        raise FeatcacheError(f"hub:{preset} is a {config.get('class_name', 'model without a KerasHub config')}: "
+                             f"featcache takes the image embeddings of {', '.join(FAMILIES)} presets")
     vision = config["config"][family.tower]["config"] if family.tower else config["config"]
     poolings = family.poolings if vision.get("use_class_token", True) else ("mean",)
     blocks = tuple(family.block.format(n) for n in range(family.first_block, family.first_block + vision["num_layers"]))
@@ -123,6 +125,8 @@ def backbone(preset: str) -> "HubBackbone":
 
 @dataclass(frozen=True)
 class HubBackbone(Backbone):
+    """A KerasHub preset's image tower as a backbone (see the module docstring)."""
+
     name: str
     family: str  # the KerasHub backbone class
     default_size: int
