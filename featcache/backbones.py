@@ -12,8 +12,10 @@ the Keras model that maps preprocessed images to pooled features. Three kinds im
 - :class:`Plugin`, declared by a third-party package under the ``featcache.backbones`` entry points.
 """
 
+import ast
+import functools
 import hashlib
-import importlib
+import importlib.util
 import os
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import entry_points
@@ -196,13 +198,30 @@ class Plugin(Backbone):
         return load_weights_file(model, self.pretrained_files(spec)[0], spec.name) if pretrained else model
 
 
+@functools.cache
+def keras_constants(module: str) -> dict:
+    """The string constants of a keras.applications module (weights URLs), read from its source: listing
+    backbones imports neither Keras nor TensorFlow."""
+    path = Path(importlib.util.find_spec("keras").submodule_search_locations[0], "src", "applications", f"{module}.py")
+    found = {}
+
+    def value(node):
+        if isinstance(node, ast.JoinedStr):  # f"{BASE_WEIGHTS_PATH}file.h5"
+            return "".join(value(part.value if isinstance(part, ast.FormattedValue) else part) for part in node.values)
+        return found[node.id] if isinstance(node, ast.Name) else ast.literal_eval(node)
+
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and [type(t) for t in node.targets] == [ast.Name]:
+            try:
+                found[node.targets[0].id] = value(node.value)
+            except (KeyError, ValueError, AttributeError):
+                pass  # not a constant string
+    return found
+
+
 def _constant(module: str, constant: str):
     """A weights URL Keras keeps as a constant of its application module."""
-    def url(options, size):
-        import featcache.backend  # noqa: F401  (Keras imported quietly)
-
-        return getattr(importlib.import_module(f"keras.src.applications.{module}"), constant)
-    return url
+    return lambda options, size: keras_constants(module)[constant]
 
 
 def _under(module: str, file_name: str, base: str = "BASE_WEIGHTS_PATH"):

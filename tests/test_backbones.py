@@ -14,7 +14,8 @@ from conftest import write_images
 
 from featcache import cache, cv, heads, records
 from featcache.backbone_facts import FACTS
-from featcache.backbones import BACKBONES, BackboneSpec, build_feature_model, describe, imagenet_weights_path, make_spec
+from featcache.backbones import (BACKBONES, BackboneSpec, build_feature_model, describe, imagenet_weights_path,
+                                 keras_constants, make_spec)
 from featcache.cli import main
 from featcache.compute import Compute
 from featcache.datasets import load_dataset
@@ -71,6 +72,16 @@ def test_first_ten_keep_their_names_files_and_cache_keys():
         assert imagenet_weights_path(spec).name == file_name
         assert cache.cache_key("fp", spec, "abc", "float32", Compute("tensorflow", "float32", False))[:16] == key
         assert "preset" not in spec.to_record()
+
+
+@pytest.mark.parametrize("module", ["vgg16", "densenet", "nasnet", "resnet", "convnext", "inception_resnet_v2"])
+def test_weights_urls_are_read_from_keras_source(module):
+    """Listing reads Keras' constants from its source (importing Keras would import TensorFlow): the same values."""
+    import importlib
+
+    imported = vars(importlib.import_module(f"keras.src.applications.{module}"))
+    assert keras_constants(module) == {key: imported[key] for key in keras_constants(module)}
+    assert any(str(value).startswith("https://storage.googleapis.com/") for value in keras_constants(module).values())
 
 
 def test_listing_reads_the_facts():

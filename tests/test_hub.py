@@ -18,8 +18,9 @@ from featcache.compute import resolve
 from featcache.export import export, load_model
 from featcache.images import affine_preprocessing
 from featcache.extract import extract
-from featcache.finetune import nested_layers, unfreeze_top_blocks
+from featcache.finetune import finetune, nested_layers, unfreeze_top_blocks
 from featcache.predict import predict
+from featcache.settings import FinetuneSettings, TrainOptions
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 NORMALISED = {"scale": list(1 / (255 * STD)), "offset": list(-MEAN / STD)}
@@ -150,3 +151,16 @@ def test_without_keras_hub_one_line_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "keras_hub", None)
     with pytest.raises(FeatcacheError, match=r"^hub: backbones need keras-hub: pip install 'featcache\[hub\]'$"):
         make_spec("hub:dinov2_base")
+
+
+def test_finetune_the_last_transformer_block_then_predict(presets, tmp_path, root):
+    for split in ("train", "test"):
+        for i, name in enumerate(["a", "b"]):
+            write_images(tmp_path / "images" / split / name, 6, size=(30, 26), seed=i + 2 * (split == "test"))
+    settings = FinetuneSettings(epochs=1, finetune_epochs=1, unfreeze=1, batch_size=4, augment=False)
+    record = finetune(load_dataset(f"folder:{tmp_path / 'images'}"), make_spec(f"hub:{presets['vit']}"), settings,
+                      options=TrainOptions(val_split=0.25, patience=0), root=root, progress=False)
+    assert record["model"]["backbone"]["preset"] == str(presets["vit"])
+    predicted, _ = predict(records.load_record(record["id"], root), [tmp_path / "images" / "test"], top_k=1,
+                           progress=False)
+    assert len(list(predicted)) == 12
