@@ -117,7 +117,8 @@ def backbone_options(command):
         click.option("--weights", default="imagenet", show_default=True,
                      help="imagenet, none (random), or a weights file."),
         click.option("--input-size", type=click.IntRange(1), help="Square input size in pixels (default: the backbone's)."),
-        click.option("--pooling", type=click.Choice(POOLINGS), default="avg", show_default=True),
+        click.option("--pooling", help=f"{'|'.join(POOLINGS)}; hub presets: cls, mean, cls+mean, pooled, projected  "
+                                       "[default: the backbone's own]"),
         click.option("--alpha", type=click.FloatRange(0, min_open=True),
                      help="Width multiplier of mobilenet / mobilenetv2 (same as --backbone-option alpha=A)."),
         click.option("--backbone-option", "backbone_option", multiple=True, metavar="KEY=VALUE",
@@ -215,14 +216,20 @@ def demo(obj):
 
 @main.command()
 def backbones():
-    """List the backbones: default and minimum input size, feature width, parameters, options."""
+    """List the backbones: input sizes, feature width, parameters, preprocessing, options, weights."""
     from featcache.backbones import describe
 
-    click.echo(f"{'name':<16}{'size':>6}{'min':>6}{'width':>7}{'params':>13}  options")
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    click.echo(f"{'name':<18}{'size':>5}{'min':>5}{'width':>6}{'params':>13}  {'preprocessing':<37}{'options':<11}"
+               " weights")
     for row in describe():
         options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
-        click.echo(f"{row['name']:<16}{row['default_size']:>6}{row['min_size']:>6}{row['width']:>7}"
-                   f"{row['parameters']:>13,}  {options}")
+        click.echo(f"{row['name']:<18}{row['default_size']:>5}{row['min_size']:>5}{number(row['width'], '>6')}"
+                   f"{number(row['parameters'], '>13,')}  {row['preprocessing']:<37}{options:<11} {row['weights']}")
+    click.echo("hub:PRESET        a KerasHub DINOv2, ViT, CLIP or SigLIP preset: its name, a kaggle:// or hf:// handle, "
+               "or a preset folder (pip install 'featcache[hub]')")
 
 
 @main.group()

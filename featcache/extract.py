@@ -105,7 +105,7 @@ def _provenance(dataset, spec, key, weights_hash, dtype, rows) -> dict:
         "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "label_sets": dataset.label_sets},
         "backbone": spec.to_record(),
         "weights_sha256": weights_hash,
-        "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
+        "preprocessing": spec.backbone.preprocessing,
         "dtype": dtype,
         "rows": rows,
         "skipped": dataset.skipped,
