@@ -17,6 +17,7 @@ from featcache.backbones import POOLINGS
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.compute import PRECISIONS
 from featcache.extract import DTYPES, extract as extract_features
+from featcache.images import CPU_BATCH
 from featcache.settings import FinetuneSettings, TrainOptions
 
 
@@ -166,8 +167,8 @@ def main(ctx, cache_dir, verbose):
 @click.option("--data-dir", type=click.Path(exists=True), help="Local copy of the dataset (CIFAR python format, tiny-imagenet-200).")
 @click.option("--backbone", default="mobilenetv2", show_default=True, help="A name from `featcache backbones`.")
 @backbone_options
-@click.option("--batch-size", type=int, default=default(extract_features, "batch_size"), show_default=True,
-              help="Images per forward pass.")
+@click.option("--batch-size", type=int,
+              help=f"Images per forward pass  [default: the largest that fits the GPU; {CPU_BATCH} on a CPU]")
 @click.option("--dtype", type=click.Choice(DTYPES), default=DTYPES[0], show_default=True,
               help="How features are stored.")
 @click.option("--precision", type=click.Choice(PRECISIONS),

@@ -18,13 +18,13 @@ import numpy as np
 from featcache import cache, compute, records
 from featcache.backbones import BackboneSpec, imagenet_weights_path, weights_sha256
 from featcache.datasets import Dataset
-from featcache.images import HostBatches, feature_model, forward
+from featcache.images import HostBatches, feature_model, forward, largest_batch
 from featcache.params import Options, Rule, validate
 
 DTYPES = ("float32", "float16")
 RULES = {
     "batch_size": [Rule(lambda b: isinstance(b, int) and b > 0 and cache.CHUNK_ROWS % b == 0,
-                        f"a divisor of {cache.CHUNK_ROWS} (e.g. 16, 32, 64, 128)")],
+                        f"a divisor of {cache.CHUNK_ROWS} (e.g. 16, 32, 64, 128)"), None],
     "dtype": [Options(*DTYPES)],
 }
 
@@ -42,13 +42,15 @@ class ExtractResult:
     resumed: int = 0  # images an earlier, interrupted run had already computed
 
 
-def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 64, dtype: str = "float32",
+def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | None = None, dtype: str = "float32",
             force: bool = False, progress: bool = True, precision: str | None = None,
             xla: bool | None = None) -> ExtractResult:
     """Extract (or find cached) features of every split of ``dataset``; return where they are.
 
     ``precision`` ("float32" or "mixed") and ``xla`` default to the fastest for the device found
-    (:func:`featcache.compute.resolve`); both are part of the cache key.
+    (:func:`featcache.compute.resolve`); both are part of the cache key. ``batch_size`` defaults to the
+    largest that fits the device (:func:`featcache.images.largest_batch`); a resumed extraction reuses the
+    one it started with, so its features equal an uninterrupted run's.
     Nothing is written before the inputs are known to be good (the model builds, the folder is writable
     and has room for the result), and a cache hit writes nothing, so it also works on a read-only root.
     """
@@ -77,7 +79,12 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
         elif path.is_file():
             return _cached(path)  # another process finished it meanwhile
         provenance = {**_provenance(dataset, spec, key, weights_hash, dtype, rows), "compute": settings.to_record()}
-        manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "provenance": provenance}
+        started_with = cache.read_manifest(cache.partial_dir(stem, root))[0]
+        if started_with.get("key") == key:
+            batch_size = batch_size or started_with.get("batch_size")
+        batch_size = batch_size or largest_batch(model, spec.input_size, cache.CHUNK_ROWS)
+        manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "batch_size": batch_size,
+                    "provenance": provenance}
         with cache.reporting_full_disk(stem, feature_bytes, root):
             partial = cache.PartialExtraction(stem, manifest, root)
             started = time.perf_counter()

@@ -132,3 +132,23 @@ def forward(model, batch_size: int):
         return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)[:rows]
 
     return run
+
+
+CPU_BATCH = 64  # on a CPU a larger batch computes no faster and holds more memory
+
+
+def largest_batch(model, size: int, limit: int) -> int:
+    """The largest power of two up to ``limit`` whose forward pass fits the device (a quick probe on zeros);
+    ``CPU_BATCH`` without a GPU. Out-of-memory errors differ by backend, so any failure halves the batch."""
+    from featcache.backend import gpu_present
+
+    if not gpu_present():
+        return min(CPU_BATCH, limit)
+    batch = limit
+    while batch > 1:
+        try:
+            model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))
+            return batch
+        except Exception:  # ResourceExhaustedError, XlaRuntimeError, torch.OutOfMemoryError, ...
+            batch //= 2
+    return 1

@@ -232,3 +232,29 @@ def test_the_file_index_sees_a_change_that_keeps_size_and_mtime(tmp_path, root):
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime: only the ctime moved
     assert paths[0].stat().st_size == stat.st_size and paths[0].stat().st_mtime_ns == stat.st_mtime_ns
     assert load_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint != before
+
+
+def test_the_batch_size_a_run_started_with_is_kept_on_resume(root, small_spec, monkeypatch):
+    """Default batch size: the largest that fits (CPU: CPU_BATCH); a resumed run reuses the stored one."""
+    from featcache import images
+
+    data = load_dataset("synthetic:n=1100")
+    original = cache.PartialExtraction.write_chunk
+
+    def stop_after_one_chunk(self, split, index, features):
+        original(self, split, index, features)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache.PartialExtraction, "write_chunk", stop_after_one_chunk)
+    monkeypatch.setattr(images, "CPU_BATCH", 32)
+    with pytest.raises(KeyboardInterrupt):
+        extract(data, small_spec, root, progress=False)
+    partial, = (root / "features").glob("*.partial")
+    assert cache.read_manifest(partial)[0]["batch_size"] == 32
+    monkeypatch.setattr(cache.PartialExtraction, "write_chunk", original)
+    seen = []
+    real_forward = images.forward
+    monkeypatch.setattr("featcache.extract.forward", lambda model, size: seen.append(size) or real_forward(model, size))
+    monkeypatch.setattr(images, "CPU_BATCH", 64)
+    result = extract(data, small_spec, root, progress=False)
+    assert seen == [32] and result.resumed == 1024
