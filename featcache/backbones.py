@@ -462,7 +462,7 @@ def weights_sha256(spec: BackboneSpec) -> str | None:
         return None
     from featcache.file_index import FileIndex
 
-    index = FileIndex()  # a 100 MB weights file is hashed once, not on every cached answer
+    index = FileIndex.shared()  # a 100 MB weights file is hashed once, not on every cached answer
     digests = [index.digest(path, "sha256") for path in files]
     index.save()
     if len(files) == 1:

@@ -20,6 +20,7 @@ variable FEATCACHE_MAX_IMAGE_PIXELS, when set, replaces that limit (0: no limit)
 """
 
 import hashlib
+import io
 import os
 import pickle
 import tarfile
@@ -41,8 +42,6 @@ PIXEL_LIMIT_VARIABLE = "FEATCACHE_MAX_IMAGE_PIXELS"
 class ArrayImages:
     """Images already in memory as one uint8 array (n, h, w, 3)."""
 
-    uniform = True  # every image has the same size, so rows can be read as one array
-
     def __init__(self, array: np.ndarray):
         self.array = array
 
@@ -50,53 +49,63 @@ class ArrayImages:
         return len(self.array)
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop as one array (every image has the same size)."""
         return self.array[start:stop]
+
+    def read_one(self, index: int) -> np.ndarray:
+        return self.array[index]
 
     def fingerprint(self) -> str:
         return _hash_bytes(np.ascontiguousarray(self.array).data, str(self.array.shape))
+
+    known_fingerprint = stat_fingerprint = fingerprint  # in memory: hashing reads no file
 
 
 class FileImages:
     """Image files decoded on demand (as RGB, at their native size) by :func:`decode_image`.
 
-    Nothing is read when the source is made: whether the images share one size comes from their
-    headers, when first asked; their fingerprint from the file index (:mod:`featcache.file_index`),
-    which reads only new or changed files. Resizing is left to the image pipeline, which uses one
-    resize for every source, so the same image gives the same features whichever way it arrives.
+    Nothing is read when the source is made. Each file is read once: decoding hashes the same bytes
+    into the file index (:mod:`featcache.file_index`), so after an extraction the fingerprint reads
+    nothing, and an unchanged folder is fingerprinted from the index alone. Resizing is left to the
+    image pipeline, which uses one resize for every source, so the same image gives the same features
+    whichever way it arrives.
     """
 
     def __init__(self, paths: list[Path]):
         self.paths = paths
 
-    @cached_property
-    def uniform(self) -> bool:
-        """Whether every image has one size (as shown: EXIF orientation applied), from the file headers."""
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            return len(set(pool.map(header_size, self.paths))) <= 1
+    @property
+    def index(self):
+        from featcache.file_index import FileIndex
+
+        return FileIndex.shared()
 
     def __len__(self):
         return len(self.paths)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows start..stop as one array (for uniform sizes); see :meth:`read_one` otherwise."""
-        return np.stack([self.read_one(i) for i in range(start, stop)])
-
     def read_one(self, index: int) -> np.ndarray:
-        return decode_image(self.paths[index])
+        path = self.paths[index]
+        with self.index.reading(path) as data:
+            return decode_image(path, data)
 
     def fingerprint(self) -> str:
-        """A hash of the files' names and contents; unchanged files are not read again (the file index)."""
-        from featcache.file_index import FileIndex
-
-        index = FileIndex()
+        """A hash of the files' names and contents; unchanged files are not read again."""
         with ThreadPoolExecutor(max_workers=8) as pool:
-            contents = list(pool.map(index.digest, self.paths))
-        index.save()
-        digest = hashlib.blake2b(digest_size=16)
-        for path, content in zip(self.paths, contents):
-            digest.update(path.name.encode())
-            digest.update(content.encode())
-        return digest.hexdigest()
+            contents = list(pool.map(self.index.digest, self.paths))
+        self.index.save()
+        return _hash_names(self.paths, contents)
+
+    def known_fingerprint(self) -> str | None:
+        """The fingerprint when the index knows every file as it is now (no file is read); else None."""
+        contents = [self.index.known(path) for path in self.paths]
+        return None if None in contents else _hash_names(self.paths, contents)
+
+    def stat_fingerprint(self) -> str:
+        """A hash of the files' names and stats: the same files, untouched, give the same value."""
+        return _hash_names(self.paths, [self.index.stat_text(path) for path in self.paths])
+
+    def save_index(self) -> None:
+        self.index.save()
 
 
 @dataclass
@@ -125,16 +134,45 @@ class Dataset:
     @cached_property
     def fingerprint(self) -> str:
         """A hash of the images, labels and class names (not of the name or where it lives), computed once."""
+        return self._combined(lambda images: images.fingerprint())
+
+    def known_fingerprint(self) -> str | None:
+        """:attr:`fingerprint` when it can be had without reading an image file, else None."""
+        return self._combined(lambda images: images.known_fingerprint())
+
+    def stat_fingerprint(self) -> str:
+        """Like :attr:`fingerprint`, with files taken by their stat: stable while they are untouched."""
+        return self._combined(lambda images: images.stat_fingerprint())
+
+    def remember_hashes(self) -> None:
+        """Keep the file hashes taken while decoding (image files only)."""
+        for split in self.splits.values():
+            getattr(split.images, "save_index", lambda: None)()
+
+    def _combined(self, image_hash) -> str | None:
+        """The hash of every split's images (by ``image_hash``; None if it gives None for one), labels and
+        class names."""
         digest = hashlib.blake2b(digest_size=16)
         for split_name, split in sorted(self.splits.items()):
+            images = image_hash(split.images)
+            if images is None:
+                return None
             digest.update(split_name.encode())
-            digest.update(split.images.fingerprint().encode())
+            digest.update(images.encode())
             for label_set, labels in sorted(split.labels.items()):
                 digest.update(label_set.encode())
                 digest.update(np.asarray(labels, dtype=np.int64).tobytes())
         for label_set, names in sorted(self.class_names.items()):
             digest.update(("\0".join([label_set, *names])).encode())
         return digest.hexdigest()
+
+
+def _hash_names(paths, contents) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for path, content in zip(paths, contents):
+        digest.update(path.name.encode())
+        digest.update(content.encode())
+    return digest.hexdigest()
 
 
 def load_dataset(name: str, data_dir=None, skip_bad: bool = False) -> Dataset:
@@ -417,21 +455,7 @@ def _problem(path: Path):
     return None
 
 
-def header_size(path) -> tuple[int, int]:
-    """The image's (width, height) as shown (EXIF orientation applied), from its header alone."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            turned = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # orientations that swap the sides
-    except Exception:  # Pillow raises many kinds for broken files
-        raise ImageError(f"cannot read image {path}: fix or remove it, or leave such files out with "
-                         "skip_bad=True") from None
-    return (height, width) if turned else (width, height)
-
-
-def decode_image(path) -> np.ndarray:
+def decode_image(path, data: bytes | None = None) -> np.ndarray:
     """The image file as a uint8 (height, width, 3) RGB array, as an image viewer shows it.
 
     The EXIF orientation is applied; transparency (RGBA, LA, a palette's or a colour's tRNS) is
@@ -446,7 +470,7 @@ def decode_image(path) -> np.ndarray:
             raise FeatcacheError(f"{PIXEL_LIMIT_VARIABLE}={limit!r} must be a whole number of pixels (0: no limit)")
         Image.MAX_IMAGE_PIXELS = int(limit) or None
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

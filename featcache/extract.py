@@ -60,12 +60,19 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
     if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
         model = feature_model(spec, settings)  # lets Keras download the file (or explain where to put it)
     weights_hash = weights_sha256(spec)
-    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
-    stem = cache.cache_stem(dataset.name, spec, key)
-    path = cache.file_path(stem, root)
+
+    def final_path(fingerprint: str) -> Path:
+        key = cache.cache_key(fingerprint, spec, weights_hash, dtype, settings)
+        return cache.file_path(cache.cache_stem(dataset.name, spec, key), root)
+
     cache.remove_leftovers(root)
-    if path.is_file() and not force:
-        return _cached(path)
+    known = dataset.known_fingerprint()  # None while an image file is new or changed: it is read below, once
+    if known and final_path(known).is_file() and not force:
+        return _cached(final_path(known))
+    # The in-progress folder is named by the files' stats, so a rerun over the same files finds it; the
+    # finished file by their contents, hashed as they are decoded.
+    key = cache.cache_key(dataset.stat_fingerprint(), spec, weights_hash, dtype, settings)
+    stem = cache.cache_stem(dataset.name, spec, key)
     model = model or feature_model(spec, settings)
     rows = {split: len(s.images) for split, s in dataset.splits.items()}
     width = int(model.output_shape[-1])
@@ -74,11 +81,12 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
     cache.check_space(stem, feature_bytes, root)
     with cache.ExtractionLock(stem, root):
         if force:
-            path.unlink(missing_ok=True)
             shutil.rmtree(cache.partial_dir(stem, root), ignore_errors=True)
-        elif path.is_file():
-            return _cached(path)  # another process finished it meanwhile
-        provenance = {**_provenance(dataset, spec, key, weights_hash, dtype, rows), "compute": settings.to_record()}
+            if known:
+                final_path(known).unlink(missing_ok=True)
+        elif known and final_path(known).is_file():
+            return _cached(final_path(known))  # another process finished it meanwhile
+        provenance = {**_provenance(dataset, spec, weights_hash, dtype, rows), "compute": settings.to_record()}
         started_with = cache.read_manifest(cache.partial_dir(stem, root))[0]
         if started_with.get("key") == key:
             batch_size = batch_size or started_with.get("batch_size")
@@ -90,11 +98,17 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
             started = time.perf_counter()
             computed = _run(dataset, spec, model, partial, rows, batch_size, dtype, progress)
             seconds = time.perf_counter() - started
-            provenance.update(width=width, seconds=round(seconds, 3), created=records.now_iso(),
+            dataset.remember_hashes()
+            path = final_path(dataset.fingerprint)  # from the hashes taken while decoding: no file is read again
+            provenance["dataset"]["fingerprint"] = dataset.fingerprint
+            provenance.update(key=cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings),
+                              width=width, seconds=round(seconds, 3), created=records.now_iso(),
                               versions=records.library_versions())
             splits = {split: {"rows": n, "width": width, "labels": dataset.splits[split].labels}
                       for split, n in rows.items()}
-            cache.write_cache_file(path, partial, splits, dataset.class_names, provenance, dtype)
+            partial.finishing(path)
+            if force or not path.is_file():  # else the same contents were cached under other file stats
+                cache.write_cache_file(path, partial, splits, dataset.class_names, provenance, dtype)
         partial.remove()
     rate = computed / seconds if seconds else 0.0
     return ExtractResult(path, False, rows, width, seconds, rate, dataset.skipped, computed,
@@ -106,10 +120,10 @@ def _cached(path: Path) -> ExtractResult:
     return ExtractResult(path, True, found.rows, found.width, 0.0, 0.0, found.provenance["skipped"])
 
 
-def _provenance(dataset, spec, key, weights_hash, dtype, rows) -> dict:
+def _provenance(dataset, spec, weights_hash, dtype, rows) -> dict:
+    """What the features come from; the content key and fingerprint are added once the images are read."""
     return {
-        "key": key,
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "label_sets": dataset.label_sets},
+        "dataset": {"name": dataset.name, "label_sets": dataset.label_sets},
         "backbone": spec.to_record(),
         "weights_sha256": weights_hash,
         "preprocessing": spec.backbone.preprocessing,

@@ -6,6 +6,8 @@ the size and the mtime is still seen. The index is only a cache: an unreadable o
 one that cannot be written (a read-only cache root) is not kept.
 """
 
+import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +26,15 @@ def _stat(path: Path) -> list:
 class FileIndex:
     """{absolute path: stat and content hashes} in ``<cache root>/file-index.json``."""
 
+    _open = {}  # index file -> FileIndex: one per process, so that every image source adds to the same
+
+    @classmethod
+    def shared(cls, root=None) -> "FileIndex":
+        path = paths.cache_root(root) / INDEX_FILE
+        if path not in cls._open:
+            cls._open[path] = cls(root)
+        return cls._open[path]
+
     def __init__(self, root=None):
         self.path = paths.cache_root(root) / INDEX_FILE
         try:
@@ -34,14 +45,36 @@ class FileIndex:
 
     def digest(self, path, algorithm: str = "blake2b") -> str:
         """The file's content hash: from the index when its stat is unchanged, else read and remembered."""
-        name, stat = str(Path(path).resolve()), _stat(path)
+        known = self.known(path, algorithm)
+        if known is None:
+            stat = _stat(path)
+            known = file_hash(path, algorithm)
+            self._remember(path, stat, algorithm, known)
+        return known
+
+    def known(self, path, algorithm: str = "blake2b") -> str | None:
+        """The file's content hash if the index has it for the file as it is now; None otherwise."""
+        entry = self.entries.get(str(Path(path).resolve()))
+        return entry.get(algorithm) if entry and entry["stat"] == _stat(path) else None
+
+    @contextlib.contextmanager
+    def reading(self, path):
+        """Yield the file's bytes, and remember their blake2b hash: a decoder hashes what it reads."""
+        stat, data = _stat(path), Path(path).read_bytes()
+        yield data
+        if self.known(path) is None:
+            self._remember(path, stat, "blake2b", hashlib.blake2b(data, digest_size=16).hexdigest())
+
+    def stat_text(self, path) -> str:
+        return " ".join(map(str, _stat(path)))
+
+    def _remember(self, path, stat: list, algorithm: str, digest: str) -> None:
+        name = str(Path(path).resolve())
         entry = self.entries.get(name)
         if entry is None or entry["stat"] != stat:
             entry = self.entries[name] = {"stat": stat}
-        if algorithm not in entry:
-            entry[algorithm] = file_hash(path, algorithm)
-            self.changed = True
-        return entry[algorithm]
+        entry[algorithm] = digest
+        self.changed = True
 
     def save(self) -> None:
         if not self.changed:

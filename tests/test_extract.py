@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -258,3 +259,34 @@ def test_the_batch_size_a_run_started_with_is_kept_on_resume(root, small_spec, m
     monkeypatch.setattr(images, "CPU_BATCH", 64)
     result = extract(data, small_spec, root, progress=False)
     assert seen == [32] and result.resumed == 1024
+
+
+def test_a_first_extraction_of_a_folder_reads_each_file_once(tmp_path, root, small_spec, monkeypatch):
+    """Decoding hashes the bytes it reads; the content key comes from those hashes, not from a second read."""
+    import featcache.files
+
+    write_images(tmp_path / "imgs" / "a", 5)
+    write_images(tmp_path / "imgs" / "b", 5, seed=1)
+    reads, real = [], Path.read_bytes
+    with monkeypatch.context() as patch:
+        patch.setattr(featcache.files, "file_hash", lambda *a: pytest.fail("an image file was read to hash it"))
+        patch.setattr("featcache.file_index.file_hash", featcache.files.file_hash)
+        patch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real(self))
+        result = extract(load_dataset(f"folder:{tmp_path / 'imgs'}"), small_spec, root, progress=False)
+    assert sorted(reads) == sorted(p.name for p in (tmp_path / "imgs").rglob("*.png"))
+    data = load_dataset(f"folder:{tmp_path / 'imgs'}")
+    assert cache.FeatureCache(result.path).key == cache_key(data.fingerprint, small_spec, None, "float32", resolve())
+
+
+def test_a_finished_folder_extraction_leaves_no_in_progress_folder_even_if_killed_at_the_end(tmp_path, root,
+                                                                                               small_spec, monkeypatch):
+    """The in-progress folder is named by the files' stats and the cache file by their contents: a run killed
+    after writing the file still has its folder cleaned up (its manifest names the file it became)."""
+    write_images(tmp_path / "imgs" / "a", 3)
+    write_images(tmp_path / "imgs" / "b", 3, seed=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.PartialExtraction, "remove", lambda self: None)  # "killed" before the clean-up
+        result = extract(load_dataset(f"folder:{tmp_path / 'imgs'}"), small_spec, root, progress=False)
+    leftover, = (root / "features").glob("*.partial")
+    assert leftover.stem != result.path.stem
+    assert [e["status"] for e in cache.list_entries(root)] == ["complete"] and not leftover.exists()
