@@ -2,15 +2,13 @@
 first ten keep their cache keys, and a third-party backbone plugs in through an entry point."""
 
 import json
-import sys
-import textwrap
 from dataclasses import asdict
 
 import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_images
+from conftest import install_plugin, write_images
 
 from featcache import cache, cv, heads, records
 from featcache.backbone_facts import FACTS
@@ -175,15 +173,8 @@ backbone = Plugin(build, preprocess, default_size=24, min_size=16, weights_file=
 def test_third_party_backbone_plugs_in_through_an_entry_point(tmp_path, monkeypatch, root):
     """A tiny package installed only for this test (a module, its weights file and its dist-info on sys.path)
     is listed, extracted, predicted and exported with; its weights file is hashed into the cache key."""
-    package = tmp_path / "site"
-    package.mkdir()
-    (package / "tinynet.py").write_text(textwrap.dedent(PLUGIN))
-    info = package / "tinynet-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tinynet\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[featcache.backbones]\ntinynet = tinynet:backbone\n")
-    monkeypatch.syspath_prepend(str(package))
-    monkeypatch.delitem(sys.modules, "tinynet", raising=False)
+    package = install_plugin(tmp_path / "site", monkeypatch, "tinynet", PLUGIN, "featcache.backbones",
+                             "tinynet = tinynet:backbone")
     import tinynet
 
     def save_weights(seed):

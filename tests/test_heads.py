@@ -1,8 +1,6 @@
 """The heads: scikit-learn estimators that learn, validate their parameters, save and plug in."""
 
 import re
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import write_cache
+from conftest import install_plugin, write_cache
 
 from featcache import cv, evaluation, heads
 from featcache.cli import main
@@ -218,13 +216,8 @@ class NearestCentroidHead(ClassifierMixin, BaseEstimator):
 
 def test_third_party_head_plugs_in_through_an_entry_point(tmp_path, monkeypatch, data, root):
     """A tiny package installed only for this test (a module and its dist-info on sys.path)."""
-    (tmp_path / "centroid_head.py").write_text(textwrap.dedent(PLUGIN))
-    info = tmp_path / "centroid_head-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: centroid-head\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[featcache.heads]\ncentroid = centroid_head:NearestCentroidHead\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "centroid_head", raising=False)
+    install_plugin(tmp_path, monkeypatch, "centroid_head", PLUGIN, "featcache.heads",
+                   "centroid = centroid_head:NearestCentroidHead")
 
     assert "centroid" in heads.available_heads()
     (x, y), (x_test, y_test) = data
