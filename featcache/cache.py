@@ -43,7 +43,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from featcache import formats, paths
+from featcache import files, formats, paths
 from featcache.errors import FeatcacheError
 from featcache.files import atomic_path, lock_held, write_atomically
 
@@ -179,15 +179,7 @@ def stem_of(path: Path) -> str:
 
 def check_writable(root=None):
     """Create the features folder if needed; refuse now, not by a traceback later, when it cannot be written."""
-    folder = paths.features_dir(root)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        reason = None if os.access(folder, os.W_OK) else "read-only or not permitted"
-    except OSError as exc:
-        reason = exc.strerror
-    if reason:
-        raise FeatcacheError(f"cannot write to the cache folder {folder} ({reason}): "
-                             "make it writable or pass another root (featcache --cache-dir)")
+    files.check_writable(paths.features_dir(root))
 
 
 # --- disk space --------------------------------------------------------------------------------

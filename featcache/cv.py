@@ -19,10 +19,11 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
-from featcache import heads, records
+from featcache import heads, paths, records
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
+from featcache.files import check_writable
 from featcache.params import Interval, Options, check
 
 INNER_FOLDS = 3  # folds of the grid search inside each training fold
@@ -135,6 +136,7 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     for estimator in named.values():
         heads.check_params(estimator)
         check_grid(estimator, grid)
+    check_writable(paths.results_dir(root))  # before the work, not after it
     if test and features.x_test is None:
         raise FeatcacheError("test=True needs a test split, and this cache has none")
     split = fold_indices(features.y_train, folds, seed)

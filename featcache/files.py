@@ -7,6 +7,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from featcache.errors import FeatcacheError
+
 
 @contextmanager
 def atomic_path(path):
@@ -56,3 +58,16 @@ def lock_held(lock_file) -> bool:
             return True
         fcntl.flock(handle, fcntl.LOCK_UN)
         return False
+
+
+def check_writable(folder) -> None:
+    """Create ``folder`` if needed; refuse now, before any work, when it cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        reason = None if os.access(folder, os.W_OK) else "read-only or not permitted"
+    except OSError as exc:
+        reason = exc.strerror
+    if reason:
+        raise FeatcacheError(f"cannot write to {folder} ({reason}): make it writable or use another cache root "
+                             "(featcache --cache-dir)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from featcache import report_plots as plots
 from featcache.errors import FeatcacheError
+from featcache.files import check_writable
 from featcache.records import pipeline
 from featcache.report_tables import (Entry, confusion_table, dataset_table, environment_table, features_table,
                                      fold_table, paired_table, rank, summary_table)
@@ -153,6 +154,7 @@ def build_report(records: list[dict], out_dir: Path, title: str | None = None, s
         raise FeatcacheError("no result records: run `featcache fit` first")
     if strict:
         check_comparable(records)
+    check_writable(out_dir)
     title = title or DEFAULT_TITLE
     groups = group_records(records)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")

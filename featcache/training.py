@@ -36,7 +36,7 @@ from featcache.backend import dtype_policy, gpu_present, keras, mixed_policy
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
-from featcache.files import write_json
+from featcache.files import check_writable, write_json
 from featcache.images import HostBatches, forward, read_batch
 from featcache.settings import TrainOptions
 
@@ -360,6 +360,7 @@ def train_and_evaluate(recipe: Recipe, dataset: Dataset, label_set: str | None =
     ``callbacks`` are extra Keras callbacks for every ``model.fit``.
     """
     options.check()
+    check_writable(paths.results_dir(root))  # before the training, not after it
     data = training_data(dataset, label_set)
     if not options.folds and data.test_images is None:
         raise FeatcacheError(f"dataset {dataset.name} has no test split to score on: cross-validate with folds=K")

@@ -160,7 +160,7 @@ def test_a_read_only_root_serves_hits_and_refuses_work_in_one_line(root, how, mo
     code, out = run("extract", "--dataset", "synthetic:n=20", *SMALL)
     assert code == 0 and out.startswith("features are cached")
     code, out = run("extract", "--dataset", "synthetic:n=8", *SMALL)
-    assert code == 2 and one_error_line(out) and f"cannot write to the cache folder {root / 'features'}" in out
+    assert code == 2 and one_error_line(out) and f"cannot write to {root / 'features'}" in out
     assert run("cache", "ls")[0] == 0 and run("cache", "verify")[0] == 0
     if how == "chmod":
         for folder in (root, root / "features"):
@@ -281,3 +281,19 @@ def test_a_resumed_extraction_says_what_it_resumed_and_computed(root, small_spec
     code, out = run("extract", "--dataset", "synthetic:n=20", *SMALL)
     assert code == 0 and "resumed 25 images already extracted; computed 0 in " in out
     assert "images/s" not in out
+
+
+def test_fit_and_report_on_a_read_only_root_refuse_before_any_work(root, monkeypatch, mount):
+    """After a good extraction, the root turns read-only: fit says so before cross-validating, report before
+    building anything."""
+    from featcache import cv
+
+    assert run("extract", "--dataset", "synthetic:n=20", *SMALL)[0] == 0
+    assert run("fit", "--head", "logreg", "--folds", "2")[0] == 0
+    mount("--bind", root, root)
+    mount("-o", "remount,ro,bind", root)
+    monkeypatch.setattr(cv, "cross_validate_head", lambda *a, **k: pytest.fail("cross-validated first"))
+    for command in (["fit", "--head", "logreg", "--folds", "2"], ["report"]):
+        code, out = run(*command)
+        last = out.strip().splitlines()[-1]  # fit first names the cache it reads
+        assert code == 2 and last.startswith("error: cannot write to") and "read-only or not permitted" in last
