@@ -296,4 +296,4 @@ def test_fit_and_report_on_a_read_only_root_refuse_before_any_work(root, monkeyp
     for command in (["fit", "--head", "logreg", "--folds", "2"], ["report"]):
         code, out = run(*command)
         last = out.strip().splitlines()[-1]  # fit first names the cache it reads
-        assert code == 2 and last.startswith("error: cannot write to") and "read-only or not permitted" in last
+        assert code == 2 and last.startswith("error: cannot write to") and "make it writable" in last
