@@ -19,6 +19,7 @@ from featcache.compute import PRECISIONS
 from featcache.extract import DTYPES, extract as extract_features
 from featcache.images import CPU_BATCH
 from featcache.settings import FinetuneSettings, TrainOptions
+from featcache.shots import REPEATS
 
 
 def default(owner, name: str):
@@ -323,9 +324,16 @@ def cache_rm(obj, refs, yes):
 @click.option("--grid", multiple=True, metavar="NAME=V1,V2", callback=key_lists,
               help="Values to choose from by inner CV on each training fold (repeatable).")
 @click.option("--test", is_flag=True, help="Also score the head refitted on all training data on the test split.")
+@click.option("--sweep", is_flag=True,
+              help="Choose each head's own settings by its built-in sweep on a validation slice of each training fold.")
+@click.option("--shots", metavar="K1,K2,...", callback=lambda ctx, param, text: text and list(map(_value, text.split(","))),
+              help="Also a learning curve: each head trained on K images per class (or all), e.g. 1,2,5,10,all.")
+@click.option("--repeats", type=int, default=REPEATS, show_default=True,
+              help="Seeded draws of the shots per count (the same draws for every head).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: one per core).")
 @click.pass_obj
-def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, params, grid, test, jobs):
+def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, params, grid, test, sweep, shots, repeats,
+        jobs):
     """Fit heads on cached features with stratified k-fold cross-validation."""
     from featcache import heads
     from featcache.cache import FeatureCache, select
@@ -336,7 +344,8 @@ def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, p
     found = FeatureCache(select(obj["root"], cache_ref, backbone, dataset))
     click.echo(f"features: {found.path.name} ({', '.join(f'{s} {n:,}' for s, n in found.rows.items())})")
     features = load_features(found, label_set)
-    saved = fit_heads(estimators, features, grid, folds, seed, test, jobs, obj["root"])
+    saved = fit_heads(estimators, features, grid, folds, seed, test, jobs, obj["root"], sweep=sweep, shots=shots,
+                      repeats=repeats)
     _print_results(saved, ranked=True)
     for record in saved:
         for old in record["_replaced"]:

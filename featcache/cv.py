@@ -19,12 +19,12 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
-from featcache import heads, paths, records
+from featcache import heads, paths, records, shots as few_shot, sweeps
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
 from featcache.files import check_writable
-from featcache.params import Interval, Options, check
+from featcache.params import BOOLEAN, Interval, Options, check
 
 INNER_FOLDS = 3  # folds of the grid search inside each training fold
 
@@ -86,7 +86,7 @@ def _run_fold(estimator, grid, x, y, train, held_out, n_classes, seed, threads):
     with threadpool_limits(threads):
         fitted, chosen, fit_seconds = fit_one(estimator, grid, x[train], y[train], seed)
         metrics, predicted = scores(fitted, x[held_out], y[held_out], n_classes)
-    return {**metrics, "fit_seconds": fit_seconds, "chosen_params": chosen}, predicted
+    return {**metrics, "fit_seconds": fit_seconds, "chosen_params": chosen, **sweeps.outcome(fitted)}, predicted
 
 
 def cross_validate_head(estimator, grid, features: Features, folds, jobs: int = 1, progress=None):
@@ -122,32 +122,42 @@ def check_grid(estimator, grid: dict) -> None:
 
 
 def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=False, jobs=1, root=None,
-              progress=True) -> list[dict]:
+              progress=True, sweep=False, shots=None,
+              repeats=few_shot.REPEATS) -> list[dict]:
     """Cross-validate each head, refit it on the whole training split, save it; return the records.
 
     ``estimators``: scikit-learn classifiers (``{name: estimator}`` or a list), cloned for every fit;
-    ``grid``: {parameter: values} chosen by inner CV on each training fold; ``jobs``: folds fitted in parallel
-    (-1: one per core, as in joblib).
+    ``grid``: {parameter: values} chosen by inner CV on each training fold; ``sweep``: each head's built-in sweep
+    (:mod:`featcache.sweeps`) on a validation slice of each training fold instead; ``jobs``: folds fitted in
+    parallel (-1: one per core, as in joblib); ``shots``: images per class (ints, "all") of a learning curve
+    of each head with its final settings, over ``repeats`` seeded draws (:mod:`featcache.shots`).
     """
     from tqdm import tqdm
 
     named = named_heads(estimators)
     check("jobs", jobs, [Options(-1), Interval(int, 1, None)])
+    check("sweep", sweep, [Options(False)] if grid else [BOOLEAN], owner="grid chooses the parameters" if grid else None)
     for estimator in named.values():
         heads.check_params(estimator)
-        check_grid(estimator, grid)
+        check_grid(estimator, sweeps.sweep_of(estimator).grid() if sweep else grid)
     check_writable(paths.results_dir(root))  # before the work, not after it
     if test and features.x_test is None:
         raise FeatcacheError("test=True needs a test split, and this cache has none")
     split = fold_indices(features.y_train, folds, seed)
+    shots = few_shot.parse_shots(shots) if shots else None
+    for pool in ([np.arange(len(features.y_train))] if features.x_test is not None else [t for t, _ in split]):
+        few_shot.check_shots(shots or [], features.y_train[pool])
     records.remove_leftovers(root)
     earlier = records.list_records(root)
     saved = []
     with tqdm(total=len(named) * len(split), unit="fold", disable=not progress) as bar:
         for name, estimator in named.items():
             bar.set_description(name)
+            estimator = sweeps.Swept(estimator, seed) if sweep else estimator
             fold_metrics, matrix = cross_validate_head(estimator, grid, features, split, jobs, bar)
             final, chosen, fit_seconds = fit_one(estimator, grid, features.x_train, features.y_train, seed)
+            swept = sweeps.outcome(final)
+            final, chosen = (final.best_estimator_, swept["chosen_params"]) if swept else (final, chosen)
             test_result = None
             if test:
                 n_classes = len(features.class_names)
@@ -155,6 +165,10 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
                 test_result = {**metrics, "fit_seconds": fit_seconds,
                                "confusion_matrix": confusion(features.y_test, predicted, n_classes)}
             record = _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result)
+            if shots:
+                record["shots"] = few_shot.learning_curve(final, features, split, shots, repeats, seed)
+            if swept:
+                record["cv"]["sweep"] = {**sweeps.sweep_of(final).describe(), "final_curve": swept["sweep_curve"]}
             saved.append(_save(record, final, earlier, root))
     return saved
 
@@ -175,14 +189,15 @@ def _save(record: dict, head, earlier: list[dict], root) -> dict:
 
 def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result) -> dict:
     provenance = features.cache.provenance
-    tuned = "".join(f" {k}={v}" for k, v in (chosen or {}).items())
+    tuned = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}" for k, v in (chosen or {}).items())
     return records.build_record(
         kind="head", name=name,
         approach=f"{name}{tuned} on {records.backbone_label(provenance['backbone'])}",
         params={k: v for k, v in final.get_params(deep=False).items() if _is_plain(v)},
         dataset=records.dataset_entry(provenance["dataset"]["name"], provenance["dataset"]["fingerprint"],
                                       features.label_set, features.class_names, len(features.y_train),
-                                      None if features.y_test is None else len(features.y_test)),
+                                      None if features.y_test is None else len(features.y_test),
+                                      np.bincount(features.y_train, minlength=len(features.class_names)).tolist()),
         features={"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
                   "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
                   "compute": provenance.get("compute"), "cache_key": provenance["key"],

@@ -8,8 +8,8 @@ the dataset, so their numbers are comparable in one report.
 import time
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, log_loss,
-                             top_k_accuracy_score)
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
+                             log_loss, top_k_accuracy_score)
 from sklearn.model_selection import StratifiedKFold
 
 from featcache.errors import FeatcacheError
@@ -62,6 +62,7 @@ def scores(estimator, x, y: np.ndarray, n_classes: int) -> tuple[dict, np.ndarra
     labels = np.arange(n_classes)
     metrics = {
         "accuracy": float(accuracy_score(y, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),  # mean recall of the classes in y
         "top5_accuracy": float(top_k_accuracy_score(y, decision, k=5, labels=labels))
         if decision is not None and n_classes > 5 else None,
         "kappa": float(cohen_kappa_score(y, predicted)),
@@ -75,6 +76,21 @@ def scores(estimator, x, y: np.ndarray, n_classes: int) -> tuple[dict, np.ndarra
 def confusion(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
     """Rows: true class, columns: predicted class, over every class of the dataset."""
     return confusion_matrix(y, predicted, labels=np.arange(n_classes))
+
+
+def per_class(matrix) -> list[dict]:
+    """Support, precision and recall of each class (rows: true class) of a confusion matrix; None where
+    a class was never predicted (precision) or never present (recall)."""
+    m = np.asarray(matrix, dtype=np.int64)
+    hits, support, predicted = np.diag(m), m.sum(axis=1), m.sum(axis=0)
+    return [{"support": int(s), "precision": float(h / p) if p else None, "recall": float(h / s) if s else None}
+            for h, s, p in zip(hits, support, predicted)]
+
+
+def imbalance(counts) -> float | None:
+    """Largest over smallest count of the classes present; None without two present classes."""
+    present = [int(c) for c in counts if c > 0]
+    return max(present) / min(present) if len(present) >= 2 else None
 
 
 def summarize(fold_metrics: list[dict]) -> dict:

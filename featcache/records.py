@@ -13,18 +13,24 @@ A record is a plain dict:
       "approach": "svm on mobilenetv2(alpha=0.35)-224-avg",   # the row label in reports
       "head": "svm",                               # head or model name
       "params": {...},                             # the estimator's get_params(), JSON-able
-      "dataset": {"name", "fingerprint", "label_set", "class_names": [...], "n_train", "n_test"},
+      "dataset": {"name", "fingerprint", "label_set", "class_names": [...], "n_train", "n_test",
+                  "class_counts": [training images per class] | null},
       "features": {"backbone": BackboneSpec.to_record(), "weights_sha256", "preprocessing", "dtype",
                    "cache_key", "cache_file"}     # heads on cached features; null otherwise
       "model": {"backbone": BackboneSpec.to_record() (finetune) | null, "architecture": null | "wrn-28-10",
                 "weights_sha256", "input_size", "preprocessing", ...settings}   # finetune/scratch; null for heads
       "cv": {"folds", "seed", "grid": {parameter: values} | null (heads),
-             "fold_metrics": [{"accuracy", "top5_accuracy", "kappa", "log_loss", "macro_f1",
-                               "fit_seconds", "predict_seconds"}, ...],
+             "fold_metrics": [{"accuracy", "balanced_accuracy", "top5_accuracy", "kappa", "log_loss", "macro_f1",
+                               "fit_seconds", "predict_seconds", "chosen_params",
+                               "sweep_curve": [{"params", "accuracy"}, ...] (with a sweep)}, ...],
+             "sweep": {Sweep.describe(), "final_curve": [...]} (heads fitted with sweep=True),
              "summary": {metric: {"mean", "std"}},
              "confusion_matrix": [[...]]}           # out-of-fold predictions, summed; or null
       "test": {... the same metrics ..., "confusion_matrix": [[...]]} or null,
       "history": {phase: [per-epoch logs]}         # finetune/scratch only
+      "shots": {"repeats", "seed", "scored_on": "test" | "held-out folds",     # fit with shots only
+                "points": [{"shots": k | "all", "accuracies": [per repeat], "balanced_accuracies": [...],
+                            "fallback": {settings that hold out no rows} | null}, ...]},
       "model_file": "head.joblib" | "head.keras" | "model.keras" | null,   # relative to the record folder
       "versions": {"featcache", "python", "numpy", "scikit-learn", "tensorflow", ...},
       "machine": {"platform", "processor", "cpu_count", "gpu"}
@@ -124,9 +130,11 @@ def build_record(*, kind: str, name: str, approach: str, params: dict, dataset: 
     return record
 
 
-def dataset_entry(name: str, fingerprint: str, label_set: str, class_names: list, n_train: int, n_test) -> dict:
+def dataset_entry(name: str, fingerprint: str, label_set: str, class_names: list, n_train: int, n_test,
+                  class_counts: list | None = None) -> dict:
+    """``class_counts``: training images of each class (the report states the imbalance from them)."""
     return {"name": name, "fingerprint": fingerprint, "label_set": label_set, "class_names": class_names,
-            "n_train": n_train, "n_test": n_test}
+            "n_train": n_train, "n_test": n_test, "class_counts": class_counts}
 
 
 def save_record(record: dict, root=None) -> Path:
@@ -286,9 +294,14 @@ def fit_settings(record: dict) -> str | None:
     if record["kind"] != "head" or not record.get("features"):
         return None
     grid = record["cv"].get("grid") or {}
+    swept = (record["cv"].get("sweep") or {}).get("parameter")
+    curve = record.get("shots")
+    shots = [[p["shots"] for p in curve["points"]], curve["repeats"]] if curve else None
+    chosen = {*grid, swept, *(record["cv"].get("sweep") or {}).get("also", {})}
     return json.dumps([record["features"].get("cache_key"), record["dataset"]["label_set"], record["head"],
-                       {k: v for k, v in record.get("params", {}).items() if k not in grid}, record["cv"]["folds"],
-                       record["cv"]["seed"], grid, record.get("test") is not None], sort_keys=True, default=_jsonable)
+                       {k: v for k, v in record.get("params", {}).items() if k not in chosen}, record["cv"]["folds"],
+                       record["cv"]["seed"], grid, swept, shots, record.get("test") is not None], sort_keys=True,
+                      default=_jsonable)
 
 
 def pipeline(record: dict) -> dict:

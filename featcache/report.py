@@ -18,7 +18,7 @@ from featcache.errors import FeatcacheError
 from featcache.files import check_writable
 from featcache.records import pipeline
 from featcache.report_tables import (Entry, confusion_table, dataset_table, environment_table, features_table,
-                                     fold_table, paired_table, rank, summary_table)
+                                     fold_table, paired_table, per_class_table, rank, summary_table)
 from featcache.stats import most_confused
 
 DEFAULT_TITLE = "featcache comparison report"
@@ -202,6 +202,9 @@ def _section(entries: list[Entry], prefix: str) -> list:
         fold_table(entries, entries[0].record["cv"]["folds"]),
         *_paired_section(entries),
         *_confusion_section(entries[0], prefix),
+        *_per_class_section(entries),
+        *_sweep_section(entries, prefix),
+        *_shots_section(entries, prefix),
         Heading(3, "Provenance"),
         dataset_table(entries[0].record),
         Heading(4, "Backbones and features"),
@@ -237,8 +240,7 @@ def _paired_section(entries: list[Entry]) -> list:
 
 def _confusion_section(best: Entry, prefix: str) -> list:
     """Heatmap and most-confused pairs of the best approach: test matrix if it has one, else CV out-of-fold."""
-    test, cv = (best.record.get("test") or {}).get("confusion_matrix"), best.record["cv"].get("confusion_matrix")
-    matrix, source = (test, "test set") if test is not None else (cv, "CV out-of-fold predictions")
+    matrix, source = _matrix(best.record)
     blocks = [Heading(3, f"Confusion matrix: {best.label}")]
     if matrix is None:
         return blocks + [Paragraph("The best approach's record has no confusion matrix.")]
@@ -252,6 +254,67 @@ def _confusion_section(best: Entry, prefix: str) -> list:
         Paragraph(f"The {TOP_CONFUSIONS} largest off-diagonal cells, each direction on its own."),
     ]
     return blocks + [confusion_table(pairs) if pairs else Paragraph("No misclassifications.")]
+
+
+def _matrix(record: dict) -> tuple:
+    """(confusion matrix, where it comes from): the test split's if there is one, else the CV out-of-fold one."""
+    test, cv = (record.get("test") or {}).get("confusion_matrix"), record["cv"].get("confusion_matrix")
+    return (test, "test set") if test is not None else (cv, "CV out-of-fold predictions")
+
+
+def _per_class_section(entries: list[Entry]) -> list:
+    blocks = [Heading(3, "Precision and recall per class"),
+              Paragraph("Each approach's test-set confusion matrix, else its CV out-of-fold one. "
+                        "Balanced accuracy is the mean of the recalls.")]
+    for entry in entries:
+        matrix, source = _matrix(entry.record)
+        if matrix is not None:
+            blocks += [Heading(4, f"{entry.label} ({source})"),
+                       per_class_table(matrix, entry.record["dataset"]["class_names"])]
+    return blocks
+
+
+def _sweep_section(entries: list[Entry], prefix: str) -> list:
+    """A plot of each swept approach's curves: validation accuracy against the swept value."""
+    swept = [(number, e) for number, e in enumerate(entries) if e.record["cv"].get("sweep")]
+    if not swept:
+        return []
+    blocks = [Heading(3, "Sweeps"), Paragraph(
+        "Validation accuracy (on a stratified slice of the training rows) at each swept value: the final fit on "
+        "the whole training split, and each CV training fold in grey; the best point of each was refitted.")]
+    for number, entry in swept:
+        sweep = entry.record["cv"]["sweep"]
+        folds = [m["sweep_curve"] for m in entry.record["cv"]["fold_metrics"] if m.get("sweep_curve")]
+        png = plots.sweep_plot(sweep["parameter"], sweep["log"], sweep["final_curve"], folds, entry.label)
+        blocks.append(Image(f"{prefix}-sweep{number}.png", png, f"sweep of {entry.label}"))
+    return blocks
+
+
+def _shots_section(entries: list[Entry], prefix: str) -> list:
+    """One plot of every approach's learning curve (fit with shots): accuracy against images per class."""
+    curved = [e for e in entries if e.record.get("shots")]
+    if not curved:
+        return []
+    curves, notes = [], []
+    for entry in curved:
+        dataset, shots = entry.record["dataset"], entry.record["shots"]
+        every = dataset["n_train"] / len(dataset["class_names"])  # "all": the mean count per class
+        points = shots["points"]
+        curves.append(([every if p["shots"] == "all" else p["shots"] for p in points],
+                       [p["accuracies"] for p in points]))
+        fallen = [str(p["shots"]) for p in points if p["fallback"]]
+        if fallen:
+            settings = ", ".join(f"{k}={v}" for k, v in next(p["fallback"] for p in points if p["fallback"]).items())
+            notes.append(f"{entry.label}: at {', '.join(fallen)} images per class too few to hold out a slice of "
+                         f"each class, trained with {settings}.")
+    scored_on = {e.record["shots"]["scored_on"] for e in curved}
+    return [Heading(3, "Learning curves"), Paragraph(
+        f"Accuracy on the {' and '.join(sorted(scored_on))} against the training images per class (\"all\" at the "
+        f"mean count per class): the mean over {curved[0].record['shots']['repeats']} seeded draws, nested and the "
+        "same for every approach, in a band from the lowest to the highest draw."),
+        Image(f"{prefix}-learning-curves.png", plots.learning_curve_plot([e.label for e in curved], curves),
+              "accuracy against images per class"),
+        *(Paragraph(note) for note in notes)]
 
 
 def _html_page(title: str, blocks: list) -> str:

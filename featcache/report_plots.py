@@ -80,6 +80,54 @@ def confusion_plot(matrix, class_names, title: str) -> bytes:
     return _png(fig)
 
 
+def sweep_plot(parameter: str, log: bool, final_curve: list[dict], fold_curves: list[list[dict]], title: str) -> bytes:
+    """Validation accuracy (%) against the swept ``parameter``: the final fit's curve (one line for each setting of
+    the other swept parameters) over the folds' curves in grey."""
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    for number, curve in enumerate(fold_curves):
+        for others, (x, y) in _series(curve, parameter).items():
+            ax.plot(x, y, color="0.75", linewidth=0.8, label="CV folds" if number == 0 and not others else None)
+    for others, (x, y) in _series(final_curve, parameter).items():
+        ax.plot(x, y, marker="o", label=f"final fit {others}".rstrip())
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{parameter}{' (log scale)' if log else ''}")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small")
+    return _png(fig)
+
+
+def learning_curve_plot(labels, curves) -> bytes:
+    """Accuracy (%) against images per class (log axis), one line per approach: the mean over the repeats in
+    a band from the lowest to the highest repeat. ``curves``: per approach, (shot counts, accuracies per repeat)."""
+    fig = _figure(8, 5)
+    ax = fig.add_subplot()
+    colours = matplotlib.color_sequences["tab10"]
+    for i, (label, (shots, accuracies)) in enumerate(zip(_wrapped(labels), curves)):
+        runs = 100 * np.array(accuracies, dtype=float)
+        colour = colours[i % len(colours)]
+        ax.fill_between(shots, runs.min(axis=1), runs.max(axis=1), color=colour, alpha=0.2)
+        ax.plot(shots, runs.mean(axis=1), marker=MARKERS[i % len(MARKERS)], color=colour, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images per class (log scale)")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", fontsize=8)
+    return _png(fig)
+
+
+def _series(curve: list[dict], parameter: str) -> dict[str, tuple]:
+    """{"name=value ..." of the other parameters: (values of ``parameter``, accuracies in %)}, sorted by value."""
+    lines: dict[str, list] = {}
+    for point in curve:
+        others = " ".join(f"{k}={v}" for k, v in point["params"].items() if k != parameter)
+        lines.setdefault(others, []).append((point["params"][parameter], 100 * point["accuracy"]))
+    return {others: tuple(zip(*sorted(points))) for others, points in lines.items()}
+
+
 def _wrapped(labels) -> list[str]:
     return [textwrap.fill(label, WRAP, break_long_words=False, break_on_hyphens=False) for label in labels]
 

@@ -9,6 +9,7 @@ import html
 from collections import Counter
 from dataclasses import dataclass
 
+from featcache.evaluation import imbalance, per_class
 from featcache.records import pipeline
 from featcache.stats import Confusion, corrected_resampled_ttest
 
@@ -94,16 +95,17 @@ def number(value, digits: int = 3) -> str:
 
 def summary_table(entries: list[Entry], record_ids: bool = False) -> Table:
     """The main comparison; with ``record_ids`` a last column holds each record's id."""
-    headers = ["Approach", "Kind", "CV accuracy %", "Test accuracy %", "CV top-5 %", "CV kappa",
-               "Fit s/fold", "Predict s/fold"] + ["Record"] * record_ids
+    headers = ["Approach", "Kind", "CV accuracy %", "CV balanced accuracy %", "Test accuracy %",
+               "Test balanced accuracy %", "CV top-5 %", "CV kappa", "Fit s/fold", "Predict s/fold"] + ["Record"] * record_ids
     rows = []
     for e in entries:
         mean, std = e.cv("accuracy")
         cv_cell = MISSING if mean is None else f"{percent(mean)} ± {percent(std)}"
-        rows.append([e.label, e.record["kind"], cv_cell, percent(e.test("accuracy")), percent(e.cv("top5_accuracy")[0]),
-                     number(e.cv("kappa")[0]), number(e.cv("fit_seconds")[0], 2), number(e.cv("predict_seconds")[0], 2)]
-                    + [e.record["id"]] * record_ids)
-    return Table(headers, rows, "llrrrrrr" + "l" * record_ids)
+        rows.append([e.label, e.record["kind"], cv_cell, percent(e.cv("balanced_accuracy")[0]),
+                     percent(e.test("accuracy")), percent(e.test("balanced_accuracy")),
+                     percent(e.cv("top5_accuracy")[0]), number(e.cv("kappa")[0]), number(e.cv("fit_seconds")[0], 2),
+                     number(e.cv("predict_seconds")[0], 2)] + [e.record["id"]] * record_ids)
+    return Table(headers, rows, "llrrrrrrrr" + "l" * record_ids)
 
 
 def fold_table(entries: list[Entry], folds: int) -> Table:
@@ -133,6 +135,19 @@ def paired_table(entries: list[Entry], alpha: float = 0.05) -> Table:
     return Table(headers, rows, "lrrrl")
 
 
+def per_class_table(matrix, class_names: list[str]) -> Table:
+    """Support, precision % and recall % of every class, from one confusion matrix (rows: true class)."""
+    rows = [[name, str(c["support"]), percent(c["precision"]), percent(c["recall"])]
+            for name, c in zip(class_names, per_class(matrix))]
+    return Table(["Class", "Support", "Precision %", "Recall %"], rows, "lrrr")
+
+
+def class_counts(record: dict) -> list[int] | None:
+    """Training images per class: the dataset entry's, else the row sums of the out-of-fold confusion matrix."""
+    counts, matrix = record["dataset"].get("class_counts"), record["cv"].get("confusion_matrix")
+    return counts or ([int(sum(row)) for row in matrix] if matrix else None)
+
+
 def confusion_table(pairs: list[Confusion]) -> Table:
     rows = [[p.true, p.predicted, str(p.count), percent(p.share)] for p in pairs]
     return Table(["True class", "Predicted as", "Count", "% of true class"], rows, "llrr")
@@ -150,6 +165,7 @@ def dataset_table(record: dict) -> Table:
         ("Test images", dataset.get("n_test")),
         ("CV folds", cv.get("folds")),
         ("Fold seed", cv.get("seed")),
+        ("Imbalance (largest / smallest class)", _imbalance(class_counts(record))),
     ]
     return Table(["Field", "Value"], [[name, _text(value)] for name, value in fields], "ll")
 
@@ -177,6 +193,12 @@ def environment_table(entries: list[Entry]) -> Table:
                  f"GPU: {machine.get('gpu') or 'none'}")
         rows.append([e.label, e.record["id"], versions or MISSING, where])
     return Table(["Approach", "Record", "Versions", "Machine"], rows, "llll")
+
+
+def _imbalance(counts) -> str | None:
+    ratio = imbalance(counts) if counts else None
+    present = [c for c in counts or [] if c > 0]
+    return None if ratio is None else f"{ratio:.2f} ({max(present)} / {min(present)} training images)"
 
 
 def _text(value) -> str:

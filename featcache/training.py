@@ -428,7 +428,8 @@ def _record(recipe: Recipe, data: TrainingData, record_id: str, options: TrainOp
     record = records.build_record(
         kind=recipe.kind, name=recipe.name, approach=recipe.approach, params=params,
         dataset=records.dataset_entry(data.dataset.name, data.fingerprint, data.label_set, data.class_names,
-                                      len(data.labels), None if data.test_labels is None else len(data.test_labels)),
+                                      len(data.labels), None if data.test_labels is None else len(data.test_labels),
+                                      np.bincount(data.labels, minlength=len(data.class_names)).tolist()),
         model={**recipe.provenance, **params}, cv=cv, test=test,
         history=history, record_id=record_id,  # history: per-epoch logs of the final model, by phase
     )

@@ -11,14 +11,16 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featcache.params import Interval, validate
+from featcache.params import Interval, Options, validate
 
 POSITIVE = Interval(float, 0, None, closed="neither")
 POSITIVE_INT = Interval(int, 1, None)
 FRACTION = Interval(float, 0, 1, closed="neither")
+CLASS_WEIGHT = [Options("balanced"), None]  # "balanced": every class weighs as much in the loss, whatever its count
 
 
 def check_params(head, owner: str) -> None:
@@ -72,6 +74,11 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def _scores(self, z: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+
+def sample_weights(class_weight, codes: np.ndarray) -> np.ndarray | None:
+    """Per-row loss weights for ``class_weight`` ("balanced": n / (classes * count of the row's class)), or None."""
+    return compute_sample_weight(class_weight, codes) if class_weight else None
 
 
 def validation_slice(codes: np.ndarray, fraction: float, seed: int):

@@ -4,6 +4,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from featcache.heads.base import POSITIVE_INT, Head
 from featcache.params import Options
+from featcache.sweeps import Sweep
 
 
 class KNNHead(Head):
@@ -11,6 +12,7 @@ class KNNHead(Head):
 
     name = "knn"
     parameter_rules = Head.parameter_rules | {"n_neighbors": [POSITIVE_INT], "weights": [Options("uniform", "distance")]}
+    sweep = Sweep("n_neighbors", (1, 3, 5, 10, 20, 50, 100))
 
     def __init__(self, n_neighbors=10, weights="distance", pca=None, random_state=0):
         self.n_neighbors = n_neighbors

@@ -3,7 +3,8 @@
 The standardisation (and PCA, when asked for) fitted by :class:`featcache.heads.base.Head` becomes fixed
 layers at the front of the Keras model, so the saved ``.keras`` file maps raw features to class
 probabilities on its own, and ``featcache export`` can join it to the backbone as one model.
-Early stopping watches the loss on a held-out slice of the training rows and keeps the best epoch.
+Early stopping watches the loss on a held-out slice of the training rows and keeps the best epoch
+(``validation_fraction=None``: no slice, all the epochs).
 """
 
 import json
@@ -14,8 +15,10 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from featcache.evaluation import spread_columns
-from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
+from featcache.heads.base import CLASS_WEIGHT, FRACTION, POSITIVE, POSITIVE_INT, Head, sample_weights, validation_slice
 from featcache.params import Interval, Options
+from featcache.shots import Holdout
+from featcache.sweeps import Sweep
 
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 
@@ -25,10 +28,13 @@ class MLPHead(Head):
     parameter_rules = Head.parameter_rules | {
         "units": [POSITIVE_INT], "dropout": [Interval(float, 0, 1, closed="left")], "epochs": [POSITIVE_INT],
         "batch_size": [POSITIVE_INT], "learning_rate": [POSITIVE], "optimizer": [Options(*OPTIMIZERS)],
-        "patience": [POSITIVE_INT], "validation_fraction": [FRACTION]}
+        "patience": [POSITIVE_INT], "validation_fraction": [FRACTION, None], "l2": [Interval(float, 0, None)],
+        "class_weight": CLASS_WEIGHT}
+    holdout = Holdout("validation_fraction", {"validation_fraction": None})
+    sweep = Sweep("l2", (1e-6, 1e-5, 1e-4, 1e-3, 1e-2), also={"dropout": (0.0, 0.5)})
 
     def __init__(self, units=1024, dropout=0.5, epochs=30, batch_size=256, learning_rate=1e-3, optimizer="adam",
-                 patience=3, validation_fraction=0.1, pca=None, random_state=0):
+                 patience=3, validation_fraction=0.1, l2=0.0, class_weight=None, pca=None, random_state=0):
         self.units = units
         self.dropout = dropout
         self.epochs = epochs
@@ -37,6 +43,8 @@ class MLPHead(Head):
         self.optimizer = optimizer
         self.patience = patience
         self.validation_fraction = validation_fraction
+        self.l2 = l2
+        self.class_weight = class_weight
         self.pca = pca
         self.random_state = random_state
 
@@ -44,19 +52,24 @@ class MLPHead(Head):
         from featcache.backend import keras
 
         keras.utils.set_random_seed(self.random_state)  # weights, dropout and shuffling: same seed, same head
+        penalty = keras.regularizers.L2(self.l2) if self.l2 else None  # on both kernels
         net = keras.Sequential([
             keras.Input((z.shape[1],)),
-            keras.layers.Dense(self.units, activation="relu"),
+            keras.layers.Dense(self.units, activation="relu", kernel_regularizer=penalty),
             keras.layers.Dropout(self.dropout),
-            keras.layers.Dense(len(self.classes_), activation="softmax"),
+            keras.layers.Dense(len(self.classes_), activation="softmax", kernel_regularizer=penalty),
         ], name="mlp")
         optimizer = keras.optimizers.get({"class_name": self.optimizer,
                                           "config": {"learning_rate": self.learning_rate}})
         net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
-        fit_rows, stop_rows = validation_slice(codes, self.validation_fraction, self.random_state)
-        stop = keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)
-        history = net.fit(z[fit_rows], codes[fit_rows], validation_data=(z[stop_rows], codes[stop_rows]),
-                          epochs=self.epochs, batch_size=self.batch_size, callbacks=[stop], verbose=0)
+        stopping = self.validation_fraction is not None  # None: every row trains, for all the epochs
+        fit_rows, stop_rows = validation_slice(codes, self.validation_fraction, self.random_state) if stopping \
+            else (np.arange(len(codes)), None)
+        stop = [keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)] if stopping else []
+        history = net.fit(z[fit_rows], codes[fit_rows],
+                          validation_data=(z[stop_rows], codes[stop_rows]) if stopping else None,
+                          sample_weight=sample_weights(self.class_weight, codes[fit_rows]), epochs=self.epochs,
+                          batch_size=self.batch_size, callbacks=stop, verbose=0)
         self.epochs_run_ = len(history.history["loss"])
         self.model_ = with_front(net, self.front_)
         del self.front_  # the Keras model holds it now

@@ -16,24 +16,31 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.kernel_approximation import Nystroem
 
-from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
-from featcache.params import Options
+from featcache.heads.base import CLASS_WEIGHT, FRACTION, POSITIVE, POSITIVE_INT, Head, sample_weights, validation_slice
+from featcache.params import BOOLEAN, Options
+from featcache.shots import Holdout
+from featcache.sweeps import C_SWEEP
 
 
 class SVMHead(Head):
     name = "svm"
     parameter_rules = Head.parameter_rules | {
         "C": [POSITIVE], "kernel": [Options("linear", "rbf")], "gamma": [POSITIVE, None],
-        "n_components": [POSITIVE_INT], "max_iter": [POSITIVE_INT], "calibration_fraction": [FRACTION]}
+        "n_components": [POSITIVE_INT], "max_iter": [POSITIVE_INT], "calibration_fraction": [FRACTION, None],
+        "class_weight": CLASS_WEIGHT, "warm_start": [BOOLEAN]}
+    holdout = Holdout("calibration_fraction", {"calibration_fraction": None})
+    sweep = C_SWEEP
 
     def __init__(self, C=0.001, kernel="linear", gamma=None, n_components=2000, max_iter=100,
-                 calibration_fraction=0.1, pca=None, random_state=0):
+                 calibration_fraction=0.1, class_weight=None, warm_start=False, pca=None, random_state=0):
         self.C = C
         self.kernel = kernel
         self.gamma = gamma
         self.n_components = n_components
         self.max_iter = max_iter
         self.calibration_fraction = calibration_fraction
+        self.class_weight = class_weight
+        self.warm_start = warm_start
         self.pca = pca
         self.random_state = random_state
 
@@ -44,9 +51,15 @@ class SVMHead(Head):
                                         random_state=self.random_state)
             z = self.kernel_map_.fit_transform(z).astype(np.float32)
         n_classes = len(self.classes_)
-        fit_rows, calibration_rows = validation_slice(codes, self.calibration_fraction, self.random_state)
-        self.coef_, self.n_iter_ = squared_hinge_ovr(z[fit_rows], codes[fit_rows], n_classes, self.C, self.max_iter)
-        self.temperature_ = fit_temperature(affine(z[calibration_rows], self.coef_), codes[calibration_rows])
+        calibrated = self.calibration_fraction is not None  # None: every row trains the SVM, temperature 1
+        fit_rows, calibration_rows = validation_slice(codes, self.calibration_fraction, self.random_state) \
+            if calibrated else (np.arange(len(codes)), None)
+        previous = getattr(self, "coef_", None) if self.warm_start else None
+        start = previous if previous is not None and previous.shape == (z.shape[1] + 1, n_classes) else None
+        self.coef_, self.n_iter_ = squared_hinge_ovr(z[fit_rows], codes[fit_rows], n_classes, self.C, self.max_iter,
+                                                     sample_weights(self.class_weight, codes[fit_rows]), start)
+        self.temperature_ = fit_temperature(affine(z[calibration_rows], self.coef_), codes[calibration_rows]) \
+            if calibrated else 1.0
 
     def decision_function(self, x) -> np.ndarray:
         """A score per class; with two classes one column, the second class's lead: > 0 where it is predicted."""
@@ -71,28 +84,31 @@ def affine(z: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return z @ coef[:-1].astype(np.float32) + coef[-1].astype(np.float32)
 
 
-def squared_hinge_ovr(z, codes, n_classes, C, max_iter) -> tuple[np.ndarray, int]:
-    """Minimise sum_k 0.5 |w_k|^2 + C sum_i max(0, 1 - t_ik (w_k . z_i + b_k))^2 for all k at once.
+def squared_hinge_ovr(z, codes, n_classes, C, max_iter, sample_weight=None, start=None) -> tuple[np.ndarray, int]:
+    """Minimise sum_k 0.5 |w_k|^2 + C sum_i s_i max(0, 1 - t_ik (w_k . z_i + b_k))^2 for all k at once.
 
     t_ik is +1 for the row's class and -1 otherwise (LinearSVC's one-vs-rest objective, intercept
     unpenalised). Scaled by 1 / (C n) so that L-BFGS tolerances do not depend on n or C.
+    ``sample_weight``: the row weights s_i (None: 1); ``start``: (d + 1, k) weights to start from (None: zeros).
     Returns the (d + 1, k) weights and the number of L-BFGS iterations.
     """
     n, d = z.shape
     signs = -np.ones((n, n_classes), dtype=np.float32)
     signs[np.arange(n), codes] = 1.0
     scale = 1.0 / (C * n)
+    row_weights = 1.0 if sample_weight is None else np.asarray(sample_weight, np.float32)[:, None]
 
     def objective(flat):
         coef = flat.reshape(d + 1, n_classes)
         slack = np.maximum(0.0, 1.0 - signs * affine(z, coef))
         weights = coef[:-1]
-        value = scale * 0.5 * np.sum(weights ** 2) + np.sum(slack.astype(np.float64) ** 2) / n
-        pull = (-2.0 / n) * signs * slack
+        value = scale * 0.5 * np.sum(weights ** 2) + np.sum(row_weights * slack.astype(np.float64) ** 2) / n
+        pull = (-2.0 / n) * signs * slack * row_weights
         gradient = np.vstack([scale * weights + z.T @ pull, pull.sum(axis=0, keepdims=True)])
         return value, gradient.ravel().astype(np.float64)
 
-    result = minimize(objective, np.zeros((d + 1) * n_classes), jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    initial = np.zeros((d + 1) * n_classes) if start is None else np.ravel(start).astype(np.float64)
+    result = minimize(objective, initial, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return result.x.reshape(d + 1, n_classes), result.nit
 
 

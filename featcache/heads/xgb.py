@@ -11,8 +11,10 @@ import shutil
 
 import numpy as np
 
-from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, validation_slice
+from featcache.heads.base import CLASS_WEIGHT, FRACTION, POSITIVE, POSITIVE_INT, Head, sample_weights, validation_slice
 from featcache.params import Interval, Options
+from featcache.shots import Holdout
+from featcache.sweeps import Sweep
 
 SHARE = Interval(float, 0, 1, closed="right")
 
@@ -23,11 +25,13 @@ class XGBoostHead(Head):
         "n_estimators": [POSITIVE_INT], "learning_rate": [POSITIVE], "max_depth": [POSITIVE_INT],
         "max_bin": [POSITIVE_INT], "subsample": [SHARE], "colsample_bytree": [SHARE],
         "early_stopping_rounds": [POSITIVE_INT, None], "validation_fraction": [FRACTION],
-        "device": [Options("auto", "cpu", "cuda")]}
+        "device": [Options("auto", "cpu", "cuda")], "class_weight": CLASS_WEIGHT}
+    holdout = Holdout("validation_fraction", {"early_stopping_rounds": None})
+    sweep = Sweep("learning_rate", (0.05, 0.1, 0.3), also={"max_depth": (2, 4, 6)})
 
     def __init__(self, n_estimators=200, learning_rate=0.3, max_depth=4, max_bin=64, subsample=0.8,
                  colsample_bytree=0.5, early_stopping_rounds=10, validation_fraction=0.1, device="auto",
-                 pca=64, random_state=0):
+                 class_weight=None, pca=64, random_state=0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
@@ -37,6 +41,7 @@ class XGBoostHead(Head):
         self.early_stopping_rounds = early_stopping_rounds
         self.validation_fraction = validation_fraction
         self.device = device
+        self.class_weight = class_weight
         self.pca = pca
         self.random_state = random_state
 
@@ -53,7 +58,8 @@ class XGBoostHead(Head):
             random_state=self.random_state, objective="multi:softprob", num_class=len(self.classes_),
         )
         evaluation = [(z[stop_rows], codes[stop_rows])] if stopping else None
-        self.model_.fit(z[fit_rows], codes[fit_rows], eval_set=evaluation, verbose=False)
+        self.model_.fit(z[fit_rows], codes[fit_rows], sample_weight=sample_weights(self.class_weight, codes[fit_rows]),
+                        eval_set=evaluation, verbose=False)
 
     def _scores(self, z):
         return self.model_.predict_proba(z)
