@@ -14,6 +14,7 @@ Cross-validation (:func:`fit_distributed`): :func:`featcache.cv.fit_heads` with 
 task on joblib's Dask backend, the training features scattered to the workers once.
 """
 
+import hashlib
 import shutil
 import threading
 import time
@@ -171,7 +172,7 @@ def extract_distributed(dataset, spec, root=None, batch_size: int = 64, dtype: s
                 futures = [client.submit(extract_shard, shard,
                                          ShardImages(dataset.splits[shard.split].images, shard.start, shard.stop),
                                          stem, manifest, weights_hash, spec, settings, batch_size, root,
-                                         key=f"featcache-{stem}-{shard.split}-{shard.start}-{shard.stop}")
+                                         key=_task_key(root, stem, shard))
                            for shard in shards]
                 computed = _wait(client, futures, partial, rows, f"{spec.name} {spec.input_size}px", progress)
                 seconds = time.perf_counter() - started
@@ -187,6 +188,13 @@ def extract_distributed(dataset, spec, root=None, batch_size: int = 64, dtype: s
     rate = computed / seconds if seconds else 0.0
     return ExtractResult(path, False, rows, width, seconds, rate, dataset.skipped, computed,
                          sum(rows.values()) - computed)
+
+
+def _task_key(root: Path, stem: str, shard: Shard) -> str:
+    """The same for a rerun (so Dask resumes a dead client's still-running task instead of starting a twin),
+    different for another root."""
+    where = hashlib.blake2b(str(root).encode(), digest_size=6).hexdigest()
+    return f"featcache-{stem}-{where}-{shard.split}-{shard.start}-{shard.stop}"
 
 
 def _wait(client, futures, partial, rows, description, progress) -> int:
