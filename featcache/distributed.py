@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from featcache import cache, cluster, compute, records
-from featcache.backbones import imagenet_weights_path, weights_sha256
+from featcache.backbones import weights_sha256
 from featcache.datasets import ArrayImages
 from featcache.errors import FeatcacheError, ParameterError
-from featcache.extract import RULES, ExtractResult, _cached, _provenance, _row_ranges, compute_rows
+from featcache.extract import RULES, ExtractResult, _cached, _provenance, _row_ranges, compute_rows, locate
 from featcache.images import feature_model, forward
 from featcache.params import Rule, check, validate
 
@@ -141,13 +141,7 @@ def extract_distributed(dataset, spec, root=None, batch_size: int = 64, dtype: s
         raise ParameterError("weights", spec.weights, "imagenet or a weights file on a Dask cluster (random "
                              "weights are not reproducible there: save them with model.save_weights)")
     settings = compute.resolve(precision, xla)
-    if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
-        feature_model(spec, settings)  # lets Keras download the file (or explain where to put it), as extract does
-    weights_hash = weights_sha256(spec)
-    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
-    stem = cache.cache_stem(dataset.name, spec, key)
-    path = cache.file_path(stem, root)
-    cache.remove_leftovers(root)
+    key, stem, path, weights_hash, _ = locate(dataset, spec, dtype, settings, root)
     if path.is_file() and not force:
         return _cached(path)
     cache.check_writable(root)

@@ -54,14 +54,7 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
     """
     validate({"batch_size": batch_size, "dtype": dtype}, RULES)
     settings = compute.resolve(precision, xla)
-    model = None
-    if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
-        model = feature_model(spec, settings)  # lets Keras download the file (or explain where to put it)
-    weights_hash = weights_sha256(spec)
-    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
-    stem = cache.cache_stem(dataset.name, spec, key)
-    path = cache.file_path(stem, root)
-    cache.remove_leftovers(root)
+    key, stem, path, weights_hash, model = locate(dataset, spec, dtype, settings, root)
     if path.is_file() and not force:
         return _cached(path)
     model = model or feature_model(spec, settings)
@@ -92,6 +85,20 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
     rate = computed / seconds if seconds else 0.0
     return ExtractResult(path, False, rows, width, seconds, rate, dataset.skipped, computed,
                          sum(rows.values()) - computed)
+
+
+def locate(dataset: Dataset, spec: BackboneSpec, dtype: str, settings, root=None):
+    """(key, stem, cache file, weights hash, model or None) of ``dataset``'s features by ``spec``, after removing the
+    leftovers of killed runs. The model is built only where ImageNet weights are not on disk yet: Keras' loader
+    downloads them (or explains where to put them)."""
+    model = None
+    if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
+        model = feature_model(spec, settings)
+    weights_hash = weights_sha256(spec)
+    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
+    stem = cache.cache_stem(dataset.name, spec, key)
+    cache.remove_leftovers(root)
+    return key, stem, cache.file_path(stem, root), weights_hash, model
 
 
 def _cached(path: Path) -> ExtractResult:

@@ -23,12 +23,13 @@ from featcache import cache, records  # noqa: E402
 from featcache.backbones import build_feature_model, make_spec  # noqa: E402
 from featcache.cli import main  # noqa: E402
 from featcache.cluster import thread_env  # noqa: E402
+from featcache.compute import resolve  # noqa: E402
 from featcache.cv import fit_heads, load_features  # noqa: E402
 from featcache.datasets import load_dataset  # noqa: E402
 from featcache.distributed import extract_distributed  # noqa: E402
 from featcache.errors import FeatcacheError  # noqa: E402
 from featcache.heads import make_head  # noqa: E402
-from featcache.extract import extract  # noqa: E402
+from featcache.extract import extract, locate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:n=4000,size=8"  # train: 4 chunks, test: 1
@@ -143,6 +144,41 @@ def test_a_cache_root_the_workers_cannot_see_is_refused(cluster, spec, tmp_path,
     assert code == 2 and out.startswith("error: ") and len(out.strip().splitlines()) == 1
     assert "/proc/self/cwd/cache is not shared with the Dask worker tcp://127.0.0.1:" in out
     assert not list((tmp_path / "cache" / "features").iterdir())
+
+
+def test_a_second_client_on_the_same_key_gets_the_usual_line(cluster, spec, tmp_path):
+    data = load_dataset("synthetic:n=20")
+    stem = locate(data, spec, "float32", resolve("float32", False), tmp_path)[1]
+    with cache.ExtractionLock(stem, tmp_path):
+        with pytest.raises(FeatcacheError, match="another featcache process is extracting"):
+            extract_distributed(data, spec, tmp_path, scheduler=cluster[0], **COMPUTE)
+
+
+CLIENT = """
+import sys
+from featcache.backbones import make_spec
+from featcache.datasets import load_dataset
+from featcache.distributed import extract_distributed
+spec = make_spec("mobilenetv2", input_size=32, weights=sys.argv[3], options={"alpha": 0.35})
+extract_distributed(load_dataset(sys.argv[4]), spec, sys.argv[1], scheduler=sys.argv[2], shard_rows=1024,
+                    batch_size=128, precision="float32", xla=False, progress=False)
+"""
+
+
+def test_a_client_killed_mid_run_resumes_every_shard(cluster, spec, local, tmp_path):
+    root = tmp_path / "client"
+    client = subprocess.Popen([sys.executable, "-c", CLIENT, str(root), cluster[0], spec.weights, DATASET],
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((root / "features").glob("*.partial/*.npy")):
+        time.sleep(0.02)
+    client.kill()
+    client.wait()
+    assert not list((root / "features").glob("*.h5"))
+    result = extract_distributed(load_dataset(DATASET), spec, root, scheduler=cluster[0], shard_rows=1024, **COMPUTE)
+    assert result.resumed > 0
+    for split, features in local.items():
+        assert np.array_equal(cache.FeatureCache(result.path).features(split), features)
 
 
 def test_a_worker_killed_mid_shard_still_gives_identical_features(cluster, spec, local, tmp_path):
