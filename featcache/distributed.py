@@ -15,7 +15,6 @@ task on joblib's Dask backend, the training features scattered to the workers on
 """
 
 import hashlib
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from featcache import cache, cluster, compute, records
 from featcache.backbones import weights_sha256
 from featcache.datasets import ArrayImages
 from featcache.errors import FeatcacheError, ParameterError
-from featcache.extract import RULES, ExtractResult, _cached, _provenance, _row_ranges, compute_rows, locate
+from featcache.extract import RULES, ExtractResult, _cached, _row_ranges, begin, compute_rows, locate
 from featcache.images import feature_model, forward
 from featcache.params import Rule, check, validate
 
@@ -152,15 +151,11 @@ def extract_distributed(dataset, spec, root=None, batch_size: int = 64, dtype: s
         feature_bytes = sum(rows.values()) * width * np.dtype(dtype).itemsize
         cache.check_space(stem, feature_bytes, root)
         with cache.ExtractionLock(stem, root):
-            if force:
-                cache.remove(path, root)
-                shutil.rmtree(cache.partial_dir(stem, root), ignore_errors=True)
-            elif path.is_file():
-                return _cached(path)  # another process finished it meanwhile
-            provenance = {**_provenance(dataset, spec, key, weights_hash, dtype, rows), "compute": settings.to_record()}
-            manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "provenance": provenance}
             with cache.reporting_full_disk(stem, feature_bytes, root):
-                partial = cache.PartialExtraction(stem, manifest, root)
+                partial = begin(dataset, spec, key, weights_hash, dtype, settings, rows, width, root, force)
+                if partial is None:
+                    return _cached(path)  # another process finished it meanwhile
+                manifest, provenance = partial.manifest, partial.manifest["provenance"]
                 shards = plan_shards(rows, shard_rows or default_shard_rows(rows, len(client.nthreads())))
                 started = time.perf_counter()
                 futures = [client.submit(extract_shard, shard,

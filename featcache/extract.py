@@ -64,15 +64,11 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
     cache.check_writable(root)
     cache.check_space(stem, feature_bytes, root)
     with cache.ExtractionLock(stem, root):
-        if force:
-            path.unlink(missing_ok=True)
-            shutil.rmtree(cache.partial_dir(stem, root), ignore_errors=True)
-        elif path.is_file():
-            return _cached(path)  # another process finished it meanwhile
-        provenance = {**_provenance(dataset, spec, key, weights_hash, dtype, rows), "compute": settings.to_record()}
-        manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "provenance": provenance}
         with cache.reporting_full_disk(stem, feature_bytes, root):
-            partial = cache.PartialExtraction(stem, manifest, root)
+            partial = begin(dataset, spec, key, weights_hash, dtype, settings, rows, width, root, force)
+            if partial is None:
+                return _cached(path)  # another process finished it meanwhile
+            provenance = partial.manifest["provenance"]
             started = time.perf_counter()
             computed = _run(dataset, spec, model, partial, rows, batch_size, dtype, progress)
             seconds = time.perf_counter() - started
@@ -104,6 +100,22 @@ def locate(dataset: Dataset, spec: BackboneSpec, dtype: str, settings, root=None
 def _cached(path: Path) -> ExtractResult:
     found = cache.FeatureCache(path)
     return ExtractResult(path, True, found.rows, found.width, 0.0, 0.0, found.provenance["skipped"])
+
+
+def begin(dataset, spec, key, weights_hash, dtype, settings, rows, width, root, force):
+    """Under the extraction lock: the in-progress folder to fill (its manifest holds the provenance, completed when
+    the run finishes), after removing what ``force`` redoes; None when another process finished it meanwhile."""
+    stem = cache.cache_stem(dataset.name, spec, key)
+    path = cache.file_path(stem, root)
+    if force:
+        path.unlink(missing_ok=True)
+        for folder in (cache.partial_dir(stem, root), cache.shards_dir(stem, root)):
+            shutil.rmtree(folder, ignore_errors=True)
+    elif path.is_file():
+        return None
+    provenance = {**_provenance(dataset, spec, key, weights_hash, dtype, rows), "compute": settings.to_record()}
+    manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "provenance": provenance}
+    return cache.PartialExtraction(stem, manifest, root)
 
 
 def _provenance(dataset, spec, key, weights_hash, dtype, rows) -> dict:

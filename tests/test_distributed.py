@@ -101,13 +101,20 @@ def test_sharded_extraction_is_bit_identical_and_reads_as_one_array(cluster, spe
     entry, = cache.list_entries(root)  # leftover cleanup ran, and kept the shard files
     assert entry["status"] == "complete" and entry["shards"] == 5 and cache.verify(result.path) == []
     assert extract_distributed(load_dataset(DATASET), spec, root, scheduler=address, **COMPUTE).cached
+    forced = extract_distributed(load_dataset(DATASET), spec, root, scheduler=address, force=True, **COMPUTE)
+    assert not forced.cached and forced.resumed == 0
+    assert np.array_equal(cache.FeatureCache(forced.path).features("train"), local["train"])
 
     broken = tmp_path / "broken"
     shutil.copytree(root, broken)
     missing = sorted((broken / "features").glob("*.shards/train-*.h5"))[1]
     missing.unlink()
+    broken_file = next((broken / "features").glob("*.h5"))
     with pytest.raises(FeatcacheError, match=f"shard {missing} is missing"):
-        cache.FeatureCache(next((broken / "features").glob("*.h5")))
+        cache.FeatureCache(broken_file)
+    assert f"shard {missing} is missing" in cache.verify(broken_file)[0]
+    cache.remove(broken_file, broken)
+    assert not list((broken / "features").glob("*.shards"))
 
     code, out = run("--cache-dir", root, "cache", "consolidate", result.path.stem)
     assert code == 0, out
