@@ -2,8 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FEATCACHE := $(VENV)/bin/featcache
-# CPU wheels by default; EXTRAS=gpu,test installs tensorflow[and-cuda] and xgboost instead.
-EXTRAS ?= cpu,test
+# CPU wheels and KerasHub by default (hub: the full tensorflow wheel, which keras-hub's tensorflow-text
+# needs, and xgboost-cpu); EXTRAS=gpu-hub,test installs the CUDA builds instead. The tests also run a
+# subset under Keras' JAX backend (the jax extra, a CPU wheel here).
+EXTRAS ?= hub,jax,test
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,3 +23,4 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m backends

@@ -82,8 +82,8 @@ def main():
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                        env=thread_env(1))
     client = distributed.Client(cluster)
-    builds = [client.submit(model_facts, spec, settings, _hash(spec), 64, workers=[w],
-                            pure=False).result()[1] for w in client.nthreads()]
+    builds = [client.submit(model_facts, spec, settings, _hash(spec), workers=[w], pure=False).result()[2]
+              for w in client.nthreads()]
 
     options = {"batch_size": 64, "precision": "float32", "xla": False, "progress": False}
     rounds = []

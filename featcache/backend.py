@@ -7,6 +7,7 @@ needs Keras imports it from here: ``from featcache.backend import keras``.
 """
 
 import contextlib
+import importlib.util
 import io
 import logging
 import os
@@ -38,18 +39,24 @@ def keras_output_hidden():
     return contextlib.nullcontext() if VERBOSE else contextlib.redirect_stdout(io.StringIO())
 
 
-def gpu_present() -> bool:
-    """Whether the Keras backend sees a GPU."""
+def gpu_names() -> str | None:
+    """The GPUs the Keras backend sees, by name (None: none)."""
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        return any(device.platform == "gpu" for device in jax.devices())
-    if backend == "torch":
+        names = [device.device_kind for device in jax.devices() if device.platform == "gpu"]
+    elif backend == "torch":
         import torch
 
-        return torch.cuda.is_available()
-    return bool(tensorflow().config.list_physical_devices("GPU"))
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    else:
+        names = [device.name for device in tensorflow().config.list_physical_devices("GPU")]
+    return ", ".join(names) or None
+
+
+def gpu_present() -> bool:
+    return gpu_names() is not None
 
 
 def tensorflow():
@@ -61,6 +68,8 @@ def tensorflow():
 
 with native_stderr_silenced():
     import keras  # noqa: E402  (imports its backend, TensorFlow by default)
+    if importlib.util.find_spec("tensorflow"):  # other backends still load it for some layers, later and loudly
+        importlib.import_module("tensorflow")
 
 if not VERBOSE:
     for name in ("tensorflow", "absl"):  # retracing notices and the like: featcache reports its own progress

@@ -354,6 +354,12 @@ class PartialExtraction:
         for index in range(len(chunk_sizes(total_rows))):
             yield np.load(self.chunk_file(split, index))
 
+    def finishing(self, final: Path):
+        """Note which finished file this folder becomes (it is named by its files' stats, that file by their
+        contents), so a run killed after writing that file has this folder cleaned up as a leftover."""
+        self.manifest = {**self.manifest, "finished": Path(final).name}
+        write_atomically(self.folder / "manifest.json", json.dumps(self.manifest, indent=2).encode())
+
     def remove(self):
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -393,7 +399,7 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
     """
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
-        f.attrs["key"] = partial.manifest["key"]
+        f.attrs["key"] = provenance["key"]
         f.attrs["provenance"] = json.dumps(provenance)
         for split, info in splits.items():
             group = f.create_group(split)
@@ -414,7 +420,8 @@ def remove_leftovers(root=None):
     reads none (consolidated, killed before removing them) and stray ``*.tmp`` files. A stem that a
     live process holds is left alone; on a read-only root nothing is removed, and nothing fails."""
     folder = paths.features_dir(root)
-    finished = [p for p in folder.glob("*.partial") if _is_complete(p.with_suffix(".h5"))]
+    finished = [p for p in folder.glob("*.partial") if _is_complete(p.with_suffix(".h5"))
+                or _is_complete(folder / str(read_manifest(p)[0].get("finished", "-")))]
     consolidated = [p for p in folder.glob("*.shards") if _reads_no_shards(p.with_suffix(".h5"))]
     strays = [*folder.glob("*.tmp"), *folder.glob("*.partial/*.tmp"), *folder.glob("*.shards/*.tmp")]
     for path in [*finished, *consolidated, *strays]:

@@ -17,6 +17,7 @@ from featcache.backbones import POOLINGS
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.compute import PRECISIONS
 from featcache.extract import DTYPES, extract as extract_features
+from featcache.images import CPU_BATCH
 from featcache.settings import FinetuneSettings, TrainOptions
 
 
@@ -129,7 +130,8 @@ def backbone_options(command):
         click.option("--weights", default="imagenet", show_default=True,
                      help="imagenet, none (random), or a weights file."),
         click.option("--input-size", type=click.IntRange(1), help="Square input size in pixels (default: the backbone's)."),
-        click.option("--pooling", type=click.Choice(POOLINGS), default="avg", show_default=True),
+        click.option("--pooling", help=f"{'|'.join(POOLINGS)}; hub presets: cls, mean, cls+mean, pooled, projected  "
+                                       "[default: the backbone's own]"),
         click.option("--alpha", type=click.FloatRange(0, min_open=True),
                      help="Width multiplier of mobilenet / mobilenetv2 (same as --backbone-option alpha=A)."),
         click.option("--backbone-option", "backbone_option", multiple=True, metavar="KEY=VALUE",
@@ -166,6 +168,8 @@ def main(ctx, cache_dir, verbose):
     """Extract pretrained-backbone features once, then fit and compare heads on them."""
     if verbose:
         os.environ["FEATCACHE_VERBOSE"] = "1"  # read when featcache.backend first loads Keras
+    if cache_dir:
+        os.environ["FEATCACHE_CACHE"] = cache_dir  # for what finds the root itself (the file index)
     ctx.obj = {"root": cache_dir}
 
 
@@ -175,8 +179,8 @@ def main(ctx, cache_dir, verbose):
 @click.option("--data-dir", type=click.Path(exists=True), help="Local copy of the dataset (CIFAR python format, tiny-imagenet-200).")
 @click.option("--backbone", default="mobilenetv2", show_default=True, help="A name from `featcache backbones`.")
 @backbone_options
-@click.option("--batch-size", type=int, default=default(extract_features, "batch_size"), show_default=True,
-              help="Images per forward pass.")
+@click.option("--batch-size", type=int,
+              help=f"Images per forward pass  [default: the largest that fits the GPU; {CPU_BATCH} on a CPU]")
 @click.option("--dtype", type=click.Choice(DTYPES), default=DTYPES[0], show_default=True,
               help="How features are stored.")
 @click.option("--precision", type=click.Choice(PRECISIONS),
@@ -236,14 +240,20 @@ def demo(obj):
 
 @main.command()
 def backbones():
-    """List the backbones: default and minimum input size, feature width, parameters, options."""
+    """List the backbones: input sizes, feature width, parameters, preprocessing, options, weights."""
     from featcache.backbones import describe
 
-    click.echo(f"{'name':<16}{'size':>6}{'min':>6}{'width':>7}{'params':>13}  options")
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    click.echo(f"{'name':<18}{'size':>5}{'min':>5}{'width':>6}{'params':>13}  {'preprocessing':<37}{'options':<11}"
+               " weights")
     for row in describe():
         options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
-        click.echo(f"{row['name']:<16}{row['default_size']:>6}{row['min_size']:>6}{row['width']:>7}"
-                   f"{row['parameters']:>13,}  {options}")
+        click.echo(f"{row['name']:<18}{row['default_size']:>5}{row['min_size']:>5}{number(row['width'], '>6')}"
+                   f"{number(row['parameters'], '>13,')}  {row['preprocessing']:<37}{options:<11} {row['weights']}")
+    click.echo("hub:PRESET        a KerasHub DINOv2, ViT, CLIP or SigLIP preset: its name, a kaggle:// or hf:// handle, "
+               "or a preset folder (pip install 'featcache[hub]')")
 
 
 @main.group()

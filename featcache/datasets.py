@@ -20,6 +20,7 @@ variable FEATCACHE_MAX_IMAGE_PIXELS, when set, replaces that limit (0: no limit)
 """
 
 import hashlib
+import io
 import os
 import pickle
 import tarfile
@@ -41,8 +42,6 @@ PIXEL_LIMIT_VARIABLE = "FEATCACHE_MAX_IMAGE_PIXELS"
 class ArrayImages:
     """Images already in memory as one uint8 array (n, h, w, 3)."""
 
-    uniform = True  # every image has the same size, so rows can be read as one array
-
     def __init__(self, array: np.ndarray):
         self.array = array
 
@@ -50,39 +49,63 @@ class ArrayImages:
         return len(self.array)
 
     def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop as one array (every image has the same size)."""
         return self.array[start:stop]
+
+    def read_one(self, index: int) -> np.ndarray:
+        return self.array[index]
 
     def fingerprint(self) -> str:
         return _hash_bytes(np.ascontiguousarray(self.array).data, str(self.array.shape))
+
+    known_fingerprint = stat_fingerprint = fingerprint  # in memory: hashing reads no file
 
 
 class FileImages:
     """Image files decoded on demand (as RGB, at their native size) by :func:`decode_image`.
 
-    Resizing is left to the extraction pipeline, which uses one resize (TensorFlow's bilinear)
-    for every source, so the same image gives the same features whichever way it arrives.
+    Nothing is read when the source is made. Each file is read once: decoding hashes the same bytes
+    into the file index (:mod:`featcache.file_index`), so after an extraction the fingerprint reads
+    nothing, and an unchanged folder is fingerprinted from the index alone. Resizing is left to the
+    image pipeline, which uses one resize for every source, so the same image gives the same features
+    whichever way it arrives.
     """
 
-    def __init__(self, paths: list[Path], sizes: list[tuple[int, int]]):
+    def __init__(self, paths: list[Path]):
         self.paths = paths
-        self.uniform = len(set(sizes)) <= 1
+
+    @property
+    def index(self):
+        from featcache.file_index import FileIndex
+
+        return FileIndex.shared()
 
     def __len__(self):
         return len(self.paths)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Rows start..stop as one array (for uniform sizes); see :meth:`read_one` otherwise."""
-        return np.stack([self.read_one(i) for i in range(start, stop)])
-
     def read_one(self, index: int) -> np.ndarray:
-        return decode_image(self.paths[index])
+        path = self.paths[index]
+        with self.index.reading(path) as data:
+            return decode_image(path, data)
 
     def fingerprint(self) -> str:
-        digest = hashlib.blake2b(digest_size=16)
-        for path in self.paths:
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-        return digest.hexdigest()
+        """A hash of the files' names and contents; unchanged files are not read again."""
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            contents = list(pool.map(self.index.digest, self.paths))
+        self.index.save()
+        return _hash_names(self.paths, contents)
+
+    def known_fingerprint(self) -> str | None:
+        """The fingerprint when the index knows every file as it is now (no file is read); else None."""
+        contents = [self.index.known(path) for path in self.paths]
+        return None if None in contents else _hash_names(self.paths, contents)
+
+    def stat_fingerprint(self) -> str:
+        """A hash of the files' names and stats: the same files, untouched, give the same value."""
+        return _hash_names(self.paths, [self.index.stat_text(path) for path in self.paths])
+
+    def save_index(self) -> None:
+        self.index.save()
 
 
 @dataclass
@@ -111,16 +134,45 @@ class Dataset:
     @cached_property
     def fingerprint(self) -> str:
         """A hash of the images, labels and class names (not of the name or where it lives), computed once."""
+        return self._combined(lambda images: images.fingerprint())
+
+    def known_fingerprint(self) -> str | None:
+        """:attr:`fingerprint` when it can be had without reading an image file, else None."""
+        return self._combined(lambda images: images.known_fingerprint())
+
+    def stat_fingerprint(self) -> str:
+        """Like :attr:`fingerprint`, with files taken by their stat: stable while they are untouched."""
+        return self._combined(lambda images: images.stat_fingerprint())
+
+    def remember_hashes(self) -> None:
+        """Keep the file hashes taken while decoding (image files only)."""
+        for split in self.splits.values():
+            getattr(split.images, "save_index", lambda: None)()
+
+    def _combined(self, image_hash) -> str | None:
+        """The hash of every split's images (by ``image_hash``; None if it gives None for one), labels and
+        class names."""
         digest = hashlib.blake2b(digest_size=16)
         for split_name, split in sorted(self.splits.items()):
+            images = image_hash(split.images)
+            if images is None:
+                return None
             digest.update(split_name.encode())
-            digest.update(split.images.fingerprint().encode())
+            digest.update(images.encode())
             for label_set, labels in sorted(split.labels.items()):
                 digest.update(label_set.encode())
                 digest.update(np.asarray(labels, dtype=np.int64).tobytes())
         for label_set, names in sorted(self.class_names.items()):
             digest.update(("\0".join([label_set, *names])).encode())
         return digest.hexdigest()
+
+
+def _hash_names(paths, contents) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for path, content in zip(paths, contents):
+        digest.update(path.name.encode())
+        digest.update(content.encode())
+    return digest.hexdigest()
 
 
 def load_dataset(name: str, data_dir=None, skip_bad: bool = False) -> Dataset:
@@ -382,27 +434,28 @@ class ImageError(FeatcacheError):
 
 
 def open_images(paths: list[Path], skip_bad: bool = False) -> tuple[FileImages, list[int], list[str]]:
-    """Check every file decodes (in parallel): an undecodable one is an error naming it, or with
-    ``skip_bad`` is left out. Returns the images, the indices of the kept paths, and the skipped paths."""
+    """The image files as a source. With ``skip_bad`` every file is decoded first (in parallel) and those
+    that cannot be are left out; without, nothing is read now, and a file that cannot be decoded is an
+    error naming it when the pipeline reaches it. Returns the images, the indices of the kept paths,
+    and the skipped paths."""
+    if not skip_bad:
+        return FileImages(list(paths)), list(range(len(paths))), []
     with ThreadPoolExecutor(max_workers=8) as pool:
-        sizes = list(pool.map(_decoded_size, paths))
-    bad = [(str(p), size) for p, size in zip(paths, sizes) if isinstance(size, ImageError)]
-    if bad and not skip_bad:
-        more = f" ({len(bad) - 1} more files cannot be used either)" if len(bad) > 1 else ""
-        raise FeatcacheError(f"{bad[0][1]}, or leave such files out with skip_bad=True{more}")
-    kept = [i for i, size in enumerate(sizes) if not isinstance(size, ImageError)]
-    return FileImages([paths[i] for i in kept], [sizes[i] for i in kept]), kept, [path for path, _ in bad]
+        problems = list(pool.map(_problem, paths))
+    kept = [i for i, problem in enumerate(problems) if problem is None]
+    return FileImages([paths[i] for i in kept]), kept, [str(p) for p, problem in zip(paths, problems) if problem]
 
 
-def _decoded_size(path: Path):
-    """The image's decoded (height, width), or the :class:`ImageError` saying why it cannot be used."""
+def _problem(path: Path):
+    """None when the file decodes, else the :class:`ImageError` saying why it cannot be used."""
     try:
-        return decode_image(path).shape[:2]
+        decode_image(path)
     except ImageError as exc:
         return exc
+    return None
 
 
-def decode_image(path) -> np.ndarray:
+def decode_image(path, data: bytes | None = None) -> np.ndarray:
     """The image file as a uint8 (height, width, 3) RGB array, as an image viewer shows it.
 
     The EXIF orientation is applied; transparency (RGBA, LA, a palette's or a colour's tRNS) is
@@ -417,17 +470,18 @@ def decode_image(path) -> np.ndarray:
             raise FeatcacheError(f"{PIXEL_LIMIT_VARIABLE}={limit!r} must be a whole number of pixels (0: no limit)")
         Image.MAX_IMAGE_PIXELS = int(limit) or None
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"image {path} is larger than Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
             f"(Image.MAX_IMAGE_PIXELS): allow it with the environment variable {PIXEL_LIMIT_VARIABLE} "
-            "(a number of pixels, 0 for no limit)"
+            "(a number of pixels, 0 for no limit), or leave such files out with skip_bad=True"
         ) from None
     except Exception:  # Pillow raises many kinds for broken files
-        raise ImageError(f"cannot decode image {path}: fix or remove it") from None
+        raise ImageError(f"cannot decode image {path}: fix or remove it, or leave such files out with "
+                         "skip_bad=True") from None
     if image.mode.startswith("I"):
         grey = np.clip((np.asarray(image).astype(np.int64) + 128) // 257, 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)

@@ -15,6 +15,7 @@ task on joblib's Dask backend, the training features scattered to the workers on
 """
 
 import hashlib
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from featcache import cache, cluster, compute, records
-from featcache.backbones import weights_sha256
-from featcache.datasets import ArrayImages
+from featcache.backbones import imagenet_weights_path, weights_sha256
+from featcache.datasets import ArrayImages, FileImages
 from featcache.errors import FeatcacheError, ParameterError
-from featcache.extract import RULES, ExtractResult, _cached, _row_ranges, begin, compute_rows, locate
-from featcache.images import feature_model, forward
+from featcache.extract import RULES, ExtractResult, _cached, _provenance, _row_ranges, compute_rows
+from featcache.images import feature_model, forward, largest_batch
 from featcache.params import Rule, check, validate
 
 SHARDS_PER_WORKER = 4  # default shard size: about this many shards per worker, for balance and short retries
@@ -54,37 +55,25 @@ def default_shard_rows(rows: dict, workers: int) -> int:
     return cache.CHUNK_ROWS * max(1, chunks // (SHARDS_PER_WORKER * workers))
 
 
-class ShardImages:
-    """Rows start..stop of an image source, addressed by their row numbers in the whole split: what one shard
-    task carries to its worker (a slice of the array, or of the file list), never the whole dataset."""
-
-    def __init__(self, images, start: int, stop: int):
-        self.start, self.uniform = start, images.uniform
-        if isinstance(images, ArrayImages):
-            self.part = ArrayImages(images.array[start:stop])
-        else:
-            self.part = type(images).__new__(type(images))
-            self.part.__dict__.update(images.__dict__, paths=[Path(p).absolute() for p in images.paths[start:stop]])
-
-    def read(self, first: int, last: int) -> np.ndarray:
-        return self.part.read(first - self.start, last - self.start)
-
-    def read_one(self, index: int) -> np.ndarray:
-        return self.part.read_one(index - self.start)
+def shard_images(images, start: int, stop: int):
+    """Rows start..stop of an image source as a source of their own, what one shard task carries to its worker:
+    a slice of the array, or of the file list (absolute: workers start elsewhere), never the whole dataset."""
+    if isinstance(images, ArrayImages):
+        return ArrayImages(images.array[start:stop])
+    return FileImages([Path(p).absolute() for p in images.paths[start:stop]])
 
 
 # --- on a worker -------------------------------------------------------------------------------
 
-_MODELS = {}  # (spec, compute, batch size) -> (forward function, width, seconds to build): one per worker process
+_MODELS = {}  # (spec, compute) -> (model, seconds to build it): one per worker process, built by its first task
 _BUILDING = threading.Lock()
 
 
-def worker_model(spec, settings, weights_hash, batch_size):
+def worker_model(spec, settings, weights_hash):
     """This worker's model for ``spec`` (built on first use, then kept); refused when the worker's Keras backend
     or weights file differ from the client's, which would give other features under the same key."""
-    key = (spec, settings, batch_size)
     with _BUILDING:
-        if key not in _MODELS:
+        if (spec, settings) not in _MODELS:
             if compute.backend_name() != settings.backend:
                 raise FeatcacheError(f"a Dask worker uses the Keras backend {compute.backend_name()}, the client "
                                      f"{settings.backend}: set KERAS_BACKEND alike everywhere")
@@ -93,31 +82,33 @@ def worker_model(spec, settings, weights_hash, batch_size):
             if weights_sha256(spec) != weights_hash:
                 raise FeatcacheError(f"a Dask worker's {spec.name} weights file differs from the client's: "
                                      "give every host the same file")
-            _MODELS[key] = (forward(model, batch_size), int(model.output_shape[-1]), time.perf_counter() - started)
-    return _MODELS[key]
+            _MODELS[spec, settings] = model, time.perf_counter() - started
+    return _MODELS[spec, settings]
 
 
-def model_facts(spec, settings, weights_hash, batch_size) -> tuple[int, float]:
-    """Task: the feature width, and the seconds this worker took to build its model (0 if it already had it)."""
-    built = (spec, settings, batch_size) in _MODELS
-    _, width, seconds = worker_model(spec, settings, weights_hash, batch_size)
-    return width, 0.0 if built else seconds
+def model_facts(spec, settings, weights_hash) -> tuple[int, int, float]:
+    """Task: the feature width, the largest batch that fits this worker's device, and the seconds it took to
+    build its model (0 if it already had it)."""
+    built = (spec, settings) in _MODELS
+    model, seconds = worker_model(spec, settings, weights_hash)
+    return int(model.output_shape[-1]), largest_batch(model, spec.input_size, cache.CHUNK_ROWS), 0.0 if built else seconds
 
 
-def extract_shard(shard: Shard, images: ShardImages, stem: str, manifest: dict, weights_hash, spec, settings,
-                  batch_size: int, root) -> int:
-    """Task: compute the shard's missing chunks, write its shard file; return the rows computed."""
+def extract_shard(shard: Shard, images, stem: str, manifest: dict, weights_hash, spec, settings, root) -> int:
+    """Task: compute the shard's missing chunks (``images`` holds its rows only), write its shard file; return the
+    rows computed."""
     target = cache.shard_file(stem, shard.split, shard.start, shard.stop, root)
     if cache.shard_problem(target, manifest["key"], shard.split, shard.start, shard.stop) is None:
         return 0
     partial = cache.PartialExtraction(stem, manifest, root)
-    total = manifest["rows"][shard.split]
+    total, batch_size = manifest["rows"][shard.split], manifest["batch_size"]
     first, last = shard.start // cache.CHUNK_ROWS, -(-shard.stop // cache.CHUNK_ROWS)
     missing = partial.missing_chunks(shard.split, total, range(first, last))
-    run = worker_model(spec, settings, weights_hash, batch_size)[0]
+    run = forward(worker_model(spec, settings, weights_hash)[0], batch_size)
     computed = 0
     for start, end in _row_ranges(missing, total):
-        compute_rows(images, shard.split, start, end, run, partial, batch_size, spec.input_size, manifest["dtype"])
+        compute_rows(images, shard.split, start, end, run, partial, batch_size, spec.input_size, manifest["dtype"],
+                     offset=shard.start)
         computed += end - start
     cache.write_shard_file(target, partial, shard.split, shard.start, shard.stop)
     return computed
@@ -126,13 +117,15 @@ def extract_shard(shard: Shard, images: ShardImages, stem: str, manifest: dict, 
 # --- on the client -----------------------------------------------------------------------------
 
 
-def extract_distributed(dataset, spec, root=None, batch_size: int = 64, dtype: str = "float32", force: bool = False,
-                        progress: bool = True, precision=None, xla=None, scheduler=None, workers=None,
-                        shard_rows=None) -> ExtractResult:
+def extract_distributed(dataset, spec, root=None, batch_size: int | None = None, dtype: str = "float32",
+                        force: bool = False, progress: bool = True, precision=None, xla=None, scheduler=None,
+                        workers=None, shard_rows=None) -> ExtractResult:
     """:func:`featcache.extract.extract` on a Dask cluster: a running ``scheduler`` ("tcp://host:8786") or a local
     one of ``workers`` processes (an int, or "gpu"). The cache root must be a folder every worker sees (checked
     first). ``shard_rows``: rows per shard task, a multiple of the cache's chunk rows (default: about
-    ``SHARDS_PER_WORKER`` shards per worker). The result is a sharded cache entry (see :mod:`featcache.cache`).
+    ``SHARDS_PER_WORKER`` shards per worker); ``batch_size`` defaults to the largest that fits a worker's device.
+    The entry is named by the images' contents from the start (image files are hashed here first, once: the
+    file index remembers them), and its features are shard files (see :mod:`featcache.cache`).
     """
     validate({"batch_size": batch_size, "dtype": dtype}, RULES)
     check("shard_rows", shard_rows, SHARD_ROWS)
@@ -140,27 +133,44 @@ def extract_distributed(dataset, spec, root=None, batch_size: int = 64, dtype: s
         raise ParameterError("weights", spec.weights, "imagenet or a weights file on a Dask cluster (random "
                              "weights are not reproducible there: save them with model.save_weights)")
     settings = compute.resolve(precision, xla)
-    key, stem, path, weights_hash, _ = locate(dataset, spec, dtype, settings, root)
+    if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
+        feature_model(spec, settings)  # lets Keras download the file (or explain where to put it), as extract does
+    weights_hash = weights_sha256(spec)
+    cache.remove_leftovers(root)
+    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
+    stem = cache.cache_stem(dataset.name, spec, key)
+    path = cache.file_path(stem, root)
     if path.is_file() and not force:
         return _cached(path)
     cache.check_writable(root)
     with cluster.connect(scheduler, workers) as client:
         root = cluster.check_shared_root(client, root).parent  # absolute: workers start elsewhere
-        width = client.submit(model_facts, spec, settings, weights_hash, batch_size, pure=False).result()[0]
+        width, largest, _ = client.submit(model_facts, spec, settings, weights_hash, pure=False).result()
         rows = {split: len(s.images) for split, s in dataset.splits.items()}
         feature_bytes = sum(rows.values()) * width * np.dtype(dtype).itemsize
         cache.check_space(stem, feature_bytes, root)
         with cache.ExtractionLock(stem, root):
+            if force:
+                path.unlink(missing_ok=True)
+                for folder in (cache.partial_dir(stem, root), cache.shards_dir(stem, root)):
+                    shutil.rmtree(folder, ignore_errors=True)
+            elif path.is_file():
+                return _cached(path)  # another process finished it meanwhile
+            started_with = cache.read_manifest(cache.partial_dir(stem, root))[0]
+            if started_with.get("key") == key:  # resumed: the batches it started with
+                batch_size = batch_size or started_with.get("batch_size")
+            provenance = {**_provenance(dataset, spec, weights_hash, dtype, rows), "compute": settings.to_record(),
+                          "key": key}
+            provenance["dataset"]["fingerprint"] = dataset.fingerprint
+            manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "batch_size": batch_size or largest,
+                        "provenance": provenance}
             with cache.reporting_full_disk(stem, feature_bytes, root):
-                partial = begin(dataset, spec, key, weights_hash, dtype, settings, rows, width, root, force)
-                if partial is None:
-                    return _cached(path)  # another process finished it meanwhile
-                manifest, provenance = partial.manifest, partial.manifest["provenance"]
+                partial = cache.PartialExtraction(stem, manifest, root)
                 shards = plan_shards(rows, shard_rows or default_shard_rows(rows, len(client.nthreads())))
                 started = time.perf_counter()
                 futures = [client.submit(extract_shard, shard,
-                                         ShardImages(dataset.splits[shard.split].images, shard.start, shard.stop),
-                                         stem, manifest, weights_hash, spec, settings, batch_size, root,
+                                         shard_images(dataset.splits[shard.split].images, shard.start, shard.stop),
+                                         stem, manifest, weights_hash, spec, settings, root,
                                          key=_task_key(root, stem, shard))
                            for shard in shards]
                 computed = _wait(client, futures, partial, rows, f"{spec.name} {spec.input_size}px", progress)

@@ -20,7 +20,7 @@ import numpy as np
 
 from featcache import formats, heads, records
 from featcache.errors import FeatcacheError
-from featcache.files import file_sha256, write_json
+from featcache.files import file_hash, write_json
 from featcache.images import feature_model
 from featcache.predict import feature_spec, load_head, probabilities, recorded_compute
 
@@ -64,7 +64,7 @@ def export(record: dict, out_dir: Path) -> Path:
         "input_size": spec.input_size,
         "backbone": record["features"],
         "files": files,
-        "sha256": {name: file_sha256(out_dir / name) for name in files.values()},
+        "sha256": {name: file_hash(out_dir / name) for name in files.values()},
         "versions": records.library_versions(),
     }
     write_json(out_dir / MANIFEST, manifest)
@@ -87,7 +87,7 @@ class ExportedModel:
         self.manifest = json.loads(manifest_file.read_text())
         formats.check_version(self.manifest.get("format"), FORMAT_NAME, FORMAT_VERSION, manifest_file)
         for name, digest in self.manifest["sha256"].items():
-            if file_sha256(self.folder / name) != digest:
+            if file_hash(self.folder / name) != digest:
                 raise FeatcacheError(f"{self.folder / name} changed since it was exported: export it again")
         self.class_names = self.manifest["class_names"]
         self.classes_ = np.array(self.class_names)  # as in scikit-learn: predict returns these

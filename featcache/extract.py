@@ -18,13 +18,13 @@ import numpy as np
 from featcache import cache, compute, records
 from featcache.backbones import BackboneSpec, imagenet_weights_path, weights_sha256
 from featcache.datasets import Dataset
-from featcache.images import HostBatches, feature_model, forward
+from featcache.images import HostBatches, feature_model, forward, largest_batch
 from featcache.params import Options, Rule, validate
 
 DTYPES = ("float32", "float16")
 RULES = {
     "batch_size": [Rule(lambda b: isinstance(b, int) and b > 0 and cache.CHUNK_ROWS % b == 0,
-                        f"a divisor of {cache.CHUNK_ROWS} (e.g. 16, 32, 64, 128)")],
+                        f"a divisor of {cache.CHUNK_ROWS} (e.g. 16, 32, 64, 128)"), None],
     "dtype": [Options(*DTYPES)],
 }
 
@@ -42,21 +42,37 @@ class ExtractResult:
     resumed: int = 0  # images an earlier, interrupted run had already computed
 
 
-def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 64, dtype: str = "float32",
+def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | None = None, dtype: str = "float32",
             force: bool = False, progress: bool = True, precision: str | None = None,
             xla: bool | None = None) -> ExtractResult:
     """Extract (or find cached) features of every split of ``dataset``; return where they are.
 
     ``precision`` ("float32" or "mixed") and ``xla`` default to the fastest for the device found
-    (:func:`featcache.compute.resolve`); both are part of the cache key.
+    (:func:`featcache.compute.resolve`); both are part of the cache key. ``batch_size`` defaults to the
+    largest that fits the device (:func:`featcache.images.largest_batch`); a resumed extraction reuses the
+    one it started with, so its features equal an uninterrupted run's.
     Nothing is written before the inputs are known to be good (the model builds, the folder is writable
     and has room for the result), and a cache hit writes nothing, so it also works on a read-only root.
     """
     validate({"batch_size": batch_size, "dtype": dtype}, RULES)
     settings = compute.resolve(precision, xla)
-    key, stem, path, weights_hash, model = locate(dataset, spec, dtype, settings, root)
-    if path.is_file() and not force:
-        return _cached(path)
+    model = None
+    if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
+        model = feature_model(spec, settings)  # lets Keras download the file (or explain where to put it)
+    weights_hash = weights_sha256(spec)
+
+    def final_path(fingerprint: str) -> Path:
+        key = cache.cache_key(fingerprint, spec, weights_hash, dtype, settings)
+        return cache.file_path(cache.cache_stem(dataset.name, spec, key), root)
+
+    cache.remove_leftovers(root)
+    known = dataset.known_fingerprint()  # None while an image file is new or changed: it is read below, once
+    if known and final_path(known).is_file() and not force:
+        return _cached(final_path(known))
+    # The in-progress folder is named by the files' stats, so a rerun over the same files finds it; the
+    # finished file by their contents, hashed as they are decoded.
+    key = cache.cache_key(dataset.stat_fingerprint(), spec, weights_hash, dtype, settings)
+    stem = cache.cache_stem(dataset.name, spec, key)
     model = model or feature_model(spec, settings)
     rows = {split: len(s.images) for split, s in dataset.splits.items()}
     width = int(model.output_shape[-1])
@@ -64,37 +80,39 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int = 6
     cache.check_writable(root)
     cache.check_space(stem, feature_bytes, root)
     with cache.ExtractionLock(stem, root):
+        if force:
+            shutil.rmtree(cache.partial_dir(stem, root), ignore_errors=True)
+            if known:
+                final_path(known).unlink(missing_ok=True)
+        elif known and final_path(known).is_file():
+            return _cached(final_path(known))  # another process finished it meanwhile
+        provenance = {**_provenance(dataset, spec, weights_hash, dtype, rows), "compute": settings.to_record()}
+        started_with = cache.read_manifest(cache.partial_dir(stem, root))[0]
+        if started_with.get("key") == key:
+            batch_size = batch_size or started_with.get("batch_size")
+        batch_size = batch_size or largest_batch(model, spec.input_size, cache.CHUNK_ROWS)
+        manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "batch_size": batch_size,
+                    "provenance": provenance}
         with cache.reporting_full_disk(stem, feature_bytes, root):
-            partial = begin(dataset, spec, key, weights_hash, dtype, settings, rows, width, root, force)
-            if partial is None:
-                return _cached(path)  # another process finished it meanwhile
-            provenance = partial.manifest["provenance"]
+            partial = cache.PartialExtraction(stem, manifest, root)
             started = time.perf_counter()
             computed = _run(dataset, spec, model, partial, rows, batch_size, dtype, progress)
             seconds = time.perf_counter() - started
-            provenance.update(width=width, seconds=round(seconds, 3), created=records.now_iso(),
+            dataset.remember_hashes()
+            path = final_path(dataset.fingerprint)  # from the hashes taken while decoding: no file is read again
+            provenance["dataset"]["fingerprint"] = dataset.fingerprint
+            provenance.update(key=cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings),
+                              width=width, seconds=round(seconds, 3), created=records.now_iso(),
                               versions=records.library_versions())
             splits = {split: {"rows": n, "width": width, "labels": dataset.splits[split].labels}
                       for split, n in rows.items()}
-            cache.write_cache_file(path, partial, splits, dataset.class_names, provenance, dtype)
+            partial.finishing(path)
+            if force or not path.is_file():  # else the same contents were cached under other file stats
+                cache.write_cache_file(path, partial, splits, dataset.class_names, provenance, dtype)
         partial.remove()
     rate = computed / seconds if seconds else 0.0
     return ExtractResult(path, False, rows, width, seconds, rate, dataset.skipped, computed,
                          sum(rows.values()) - computed)
-
-
-def locate(dataset: Dataset, spec: BackboneSpec, dtype: str, settings, root=None):
-    """(key, stem, cache file, weights hash, model or None) of ``dataset``'s features by ``spec``, after removing the
-    leftovers of killed runs. The model is built only where ImageNet weights are not on disk yet: Keras' loader
-    downloads them (or explains where to put them)."""
-    model = None
-    if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
-        model = feature_model(spec, settings)
-    weights_hash = weights_sha256(spec)
-    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
-    stem = cache.cache_stem(dataset.name, spec, key)
-    cache.remove_leftovers(root)
-    return key, stem, cache.file_path(stem, root), weights_hash, model
 
 
 def _cached(path: Path) -> ExtractResult:
@@ -102,29 +120,13 @@ def _cached(path: Path) -> ExtractResult:
     return ExtractResult(path, True, found.rows, found.width, 0.0, 0.0, found.provenance["skipped"])
 
 
-def begin(dataset, spec, key, weights_hash, dtype, settings, rows, width, root, force):
-    """Under the extraction lock: the in-progress folder to fill (its manifest holds the provenance, completed when
-    the run finishes), after removing what ``force`` redoes; None when another process finished it meanwhile."""
-    stem = cache.cache_stem(dataset.name, spec, key)
-    path = cache.file_path(stem, root)
-    if force:
-        path.unlink(missing_ok=True)
-        for folder in (cache.partial_dir(stem, root), cache.shards_dir(stem, root)):
-            shutil.rmtree(folder, ignore_errors=True)
-    elif path.is_file():
-        return None
-    provenance = {**_provenance(dataset, spec, key, weights_hash, dtype, rows), "compute": settings.to_record()}
-    manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "provenance": provenance}
-    return cache.PartialExtraction(stem, manifest, root)
-
-
-def _provenance(dataset, spec, key, weights_hash, dtype, rows) -> dict:
+def _provenance(dataset, spec, weights_hash, dtype, rows) -> dict:
+    """What the features come from; the content key and fingerprint are added once the images are read."""
     return {
-        "key": key,
-        "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint, "label_sets": dataset.label_sets},
+        "dataset": {"name": dataset.name, "label_sets": dataset.label_sets},
         "backbone": spec.to_record(),
         "weights_sha256": weights_hash,
-        "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
+        "preprocessing": spec.backbone.preprocessing,
         "dtype": dtype,
         "rows": rows,
         "skipped": dataset.skipped,
@@ -148,11 +150,12 @@ def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> in
     return computed
 
 
-def compute_rows(images, split, start, end, run, partial, batch_size, size, dtype, advance=None):
+def compute_rows(images, split, start, end, run, partial, batch_size, size, dtype, advance=None, offset=0):
     """Rows start..end (whole chunks) of one split through ``run``, written chunk by chunk into ``partial``;
-    ``advance(rows)`` after every batch. Sharded extraction (:mod:`featcache.distributed`) runs it on workers."""
+    ``advance(rows)`` after every batch. ``images`` holds the split's rows from ``offset`` on. Sharded
+    extraction (:mod:`featcache.distributed`) runs it on workers."""
     chunk, index = [], start // cache.CHUNK_ROWS
-    for batch in HostBatches(images, start, end, batch_size, size):
+    for batch in HostBatches(images, start - offset, end - offset, batch_size, size):
         chunk.append(run(batch).astype(dtype))
         if advance:
             advance(len(chunk[-1]))

@@ -33,8 +33,9 @@ def write_json(path, value, default=None) -> None:
     write_atomically(path, json.dumps(value, indent=2, default=default).encode())
 
 
-def file_sha256(path) -> str:
-    digest = hashlib.sha256()
+def file_hash(path, algorithm: str = "sha256") -> str:
+    """The hex digest of a file's contents, read in 1 MiB blocks (blake2b: 16 bytes)."""
+    digest = hashlib.blake2b(digest_size=16) if algorithm == "blake2b" else hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)

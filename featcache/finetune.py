@@ -32,34 +32,54 @@ from featcache.training import Phase, augmentation, compile_model, precision_pol
 
 
 
-def block_starts(backbone_name: str, layers) -> list[int]:
-    """The index in ``layers`` of the first layer of each block, bottom to top."""
-    patterns = get_backbone(backbone_name).blocks
-    if not patterns:
+def block_starts(backbone, layers) -> list[int]:
+    """The index in ``layers`` of the first layer of each block of ``backbone`` (an entry or its name), bottom
+    to top."""
+    entry = get_backbone(backbone) if isinstance(backbone, str) else backbone
+    if not entry.blocks:
         return [i for i, layer in enumerate(layers) if layer.weights]
     starts = []
-    for pattern in patterns:
+    for pattern in entry.blocks:
         found = next((i for i, layer in enumerate(layers) if re.match(pattern, layer.name)), None)
         if found is None:
-            raise FeatcacheError(f"{backbone_name} has no layer matching {pattern!r}: update its blocks in "
+            raise FeatcacheError(f"{entry.name} has no layer matching {pattern!r}: update its blocks in "
                                  "featcache.backbones")
         starts.append(found)
     return starts
 
 
-def unfreeze_top_blocks(backbone, backbone_name: str, count: int) -> None:
-    """Make the top ``count`` blocks of ``backbone`` trainable, except their BatchNorm layers, and everything
-    below them frozen.
+def nested_layers(model) -> list[tuple]:
+    """Every layer inside ``model``, nested ones too (a hub backbone's transformer blocks), parents before
+    their children: (layer, index of its last descendant)."""
+    found = []
+
+    def visit(layer):
+        for child in layer._flatten_layers(include_self=False, recursive=False):
+            found.append([child, len(found)])
+            index = len(found) - 1
+            visit(child)
+            found[index][1] = len(found) - 1
+
+    visit(model)
+    return [tuple(pair) for pair in found]
+
+
+def unfreeze_top_blocks(backbone, entry, count: int) -> None:
+    """Make the top ``count`` blocks of ``backbone`` (the model of ``entry``, a registry entry or its name)
+    trainable, except their BatchNorm layers, and everything below them frozen.
 
     A frozen BatchNorm layer runs in inference mode whatever ``training`` says; ``training=False`` at the
     backbone's call alone does not stop ``fit`` from updating the moving statistics of trainable ones.
+    A layer holding blocks (a transformer's encoder) is trainable and its layers below the blocks are not.
     """
-    starts = block_starts(backbone_name, backbone.layers)
+    entry = get_backbone(entry) if isinstance(entry, str) else entry
+    layers = nested_layers(backbone)
+    starts = block_starts(entry, [layer for layer, _ in layers])
     if not 1 <= count <= len(starts):
-        raise ParameterError("unfreeze", count, f"between 0 and the {len(starts)} blocks of {backbone_name}")
+        raise ParameterError("unfreeze", count, f"between 0 and the {len(starts)} blocks of {entry.name}")
     backbone.trainable = True
-    for index, layer in enumerate(backbone.layers):
-        layer.trainable = index >= starts[-count] and not isinstance(layer, keras.layers.BatchNormalization)
+    for layer, last in layers:  # a parent before its children: they override what it set
+        layer.trainable = last >= starts[-count] and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def backbone_of(model):
@@ -115,7 +135,7 @@ class FinetuneRecipe:
             "architecture": None,
             "weights_sha256": weights_sha256(spec),
             "input_size": spec.input_size,
-            "preprocessing": f"keras.applications.{spec.backbone.module}.preprocess_input",
+            "preprocessing": spec.backbone.preprocessing,
         }
 
     def build(self, x, n_classes: int, images, rows):
@@ -135,7 +155,7 @@ class FinetuneRecipe:
             compile_model(model, keras.optimizers.Adam(config.learning_rate))
 
         def train_top_blocks(model, steps):
-            unfreeze_top_blocks(backbone_of(model), self.spec.name, config.unfreeze)
+            unfreeze_top_blocks(backbone_of(model), self.spec.backbone, config.unfreeze)
             compile_model(model, keras.optimizers.Adam(config.finetune_learning_rate))
 
         phases = [Phase("head", config.epochs, train_head)]
@@ -159,7 +179,8 @@ def finetune(dataset: Dataset, spec: BackboneSpec, settings: FinetuneSettings = 
     settings.check()
     options.check()
     if settings.unfreeze:  # a bad --unfreeze fails before any training; layer names do not depend on weights
-        unfreeze_top_blocks(build_feature_model(replace(spec, weights="none")), spec.name, settings.unfreeze)
+        unfreeze_top_blocks(build_feature_model(replace(spec, weights="none")), spec.backbone,
+                            settings.unfreeze)
     if init_head is not None:
         label_set = label_set or dataset.label_sets[0]
         path = init_head_file(init_head, spec, dataset.fingerprint, label_set)

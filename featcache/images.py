@@ -2,9 +2,9 @@
 
 Host side (:class:`HostBatches`): rows of an image source are decoded in a pool of threads (Pillow
 releases the GIL while it decodes) and stacked into float32 batches, a few batches ahead of the
-device. Images of one size are stacked as they are; images of mixed sizes are first resized one
-by one with :func:`resize_one`, the same bilinear resize the model applies, so every batch has
-one shape.
+device. A batch of images of one size is stacked as it is; a batch of mixed sizes is first resized
+image by image with :func:`resize_one`, the same bilinear resize the model applies, so a batch
+always has one shape and an image gets the same features in either kind of batch.
 
 Device side (:func:`feature_model`): one Keras model maps a batch to features: cast, bilinear
 resize to the backbone's input size, the backbone's preprocessing as a fixed per-pixel affine
@@ -83,17 +83,21 @@ def resize_one(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_batch(images, first: int, last: int, size: int) -> np.ndarray:
-    """Rows first..last of an image source as one float32 batch; mixed sizes resized to ``size`` first."""
-    if images.uniform:
+    """Rows first..last of an image source as one float32 batch, at their own size when they share one,
+    else each resized to ``size`` first (with the model's own resize, so the features are the same)."""
+    if hasattr(images, "read"):  # rows of one array
         return np.asarray(images.read(first, last), dtype=np.float32)
-    return np.stack([resize_one(images.read_one(i), size) for i in range(first, last)])
+    pixels = [images.read_one(i) for i in range(first, last)]
+    if len({p.shape for p in pixels}) == 1:
+        return np.stack(pixels).astype(np.float32)
+    return np.stack([resize_one(p, size) for p in pixels])
 
 
 class HostBatches:
     """float32 batches of rows start..stop of an image source, decoded by ``workers`` threads, ``PREFETCH``
     batches ahead. Iterate to get them in order; ``len()`` is the number of batches.
 
-    Mixed-size sources are resized to ``size`` on the host (:func:`resize_one`); uniform ones keep their size.
+    Batches of mixed sizes are resized to ``size`` on the host (:func:`read_batch`).
     """
 
     def __init__(self, images, start: int, stop: int, batch_size: int, size: int, workers: int | None = None):
@@ -132,3 +136,23 @@ def forward(model, batch_size: int):
         return np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)[:rows]
 
     return run
+
+
+CPU_BATCH = 64  # on a CPU a larger batch computes no faster and holds more memory
+
+
+def largest_batch(model, size: int, limit: int) -> int:
+    """The largest power of two up to ``limit`` whose forward pass fits the device (a quick probe on zeros);
+    ``CPU_BATCH`` without a GPU. Out-of-memory errors differ by backend, so any failure halves the batch."""
+    from featcache.backend import gpu_present
+
+    if not gpu_present():
+        return min(CPU_BATCH, limit)
+    batch = limit
+    while batch > 1:
+        try:
+            model.predict_on_batch(np.zeros((batch, size, size, 3), np.float32))
+            return batch
+        except Exception:  # ResourceExhaustedError, XlaRuntimeError, torch.OutOfMemoryError, ...
+            batch //= 2
+    return 1

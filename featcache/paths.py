@@ -3,6 +3,7 @@
     <root>/features/   one HDF5 file per extraction (and its in-progress folder)
     <root>/results/    one folder per fit/finetune/scratch run: record.json + saved model
     <root>/reports/    the Markdown and HTML comparison reports
+    <root>/file-index.json   content hashes of image and weights files by their stat (featcache.file_index)
 """
 
 import os

@@ -71,22 +71,21 @@ def new_record_id(name: str) -> str:
 def library_versions() -> dict:
     """Versions of the libraries whose behaviour a result depends on (only those already imported)."""
     versions = {"featcache": __version__, "python": platform.python_version()}
-    for module in ("numpy", "h5py", "sklearn", "tensorflow", "keras", "xgboost"):
+    for module in ("numpy", "h5py", "sklearn", "keras", "tensorflow", "jax", "torch", "xgboost"):
         if module in sys.modules:
             versions[module] = getattr(sys.modules[module], "__version__", "unknown")
     return versions
 
 
 def machine_info() -> dict:
-    gpu = None
-    if "tensorflow" in sys.modules:
-        gpus = sys.modules["tensorflow"].config.list_physical_devices("GPU")
-        gpu = ", ".join(g.name for g in gpus) or None
+    """The machine, and the Keras backend and GPU when this process has loaded Keras."""
+    backend = sys.modules.get("featcache.backend")
     return {
         "platform": platform.platform(),
         "processor": platform.machine(),
         "cpu_count": os.cpu_count(),
-        "gpu": gpu,
+        "backend": backend.keras.backend.backend() if backend else None,
+        "gpu": backend.gpu_names() if backend else None,
     }
 
 

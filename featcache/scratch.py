@@ -79,7 +79,7 @@ MIN_SIZE = {"basic-cnn": 10, "wrn": 4}  # pixels: basic-cnn's unpadded convoluti
 def channel_statistics(images, rows: np.ndarray, seed: int = 0):
     """Per-channel mean and variance (0-255 pixels) of up to STATISTICS_SAMPLE of ``rows``, at their native size."""
     sample = np.random.default_rng(seed).permutation(rows)[:STATISTICS_SAMPLE]
-    pixels = np.concatenate([images.read(i, i + 1).reshape(-1, 3) for i in sample])
+    pixels = np.concatenate([images.read_one(i).reshape(-1, 3) for i in sample])
     return pixels.mean(axis=0), pixels.var(axis=0)
 
 

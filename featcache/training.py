@@ -114,13 +114,9 @@ class Subset:
 
     def __init__(self, images, rows):
         self.images, self.rows = images, np.asarray(rows)
-        self.uniform = images.uniform
 
     def __len__(self):
         return len(self.rows)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        return np.concatenate([self.images.read(i, i + 1) for i in self.rows[start:stop]])
 
     def read_one(self, index: int) -> np.ndarray:
         return self.images.read_one(self.rows[index])
@@ -128,7 +124,7 @@ class Subset:
 
 def native_size(images) -> int:
     """The height of the first image: the size a model trained from scratch takes by default."""
-    return int(images.read(0, 1).shape[1])
+    return int(images.read_one(0).shape[0])
 
 
 class LabelledBatches(keras.utils.PyDataset):

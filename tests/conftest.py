@@ -1,11 +1,9 @@
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import featcache.backend  # noqa: F401  (Keras and TensorFlow loaded once, quietly, before any test imports them)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -81,3 +79,20 @@ def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(path))
     monkeypatch.setattr(featcache.backend.keras.src.backend.config, "_KERAS_DIR", str(path))
     return path
+
+
+def install_plugin(folder: Path, monkeypatch, module: str, source: str, group: str, entry: str) -> Path:
+    """A one-module package installed for this test only: ``module.py`` and its dist-info (declaring the
+    entry point ``entry`` in ``group``) in ``folder``, which goes on sys.path. Returns the folder."""
+    import sys
+    import textwrap
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{module}.py").write_text(textwrap.dedent(source))
+    info = folder / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    return folder

@@ -20,7 +20,7 @@ from conftest import write_cache
 pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'featcache[dask]'")
 
 from featcache import cache, records  # noqa: E402
-from featcache.backbones import build_feature_model, make_spec  # noqa: E402
+from featcache.backbones import build_feature_model, make_spec, weights_sha256  # noqa: E402
 from featcache.cli import main  # noqa: E402
 from featcache.cluster import thread_env  # noqa: E402
 from featcache.compute import resolve  # noqa: E402
@@ -29,7 +29,7 @@ from featcache.datasets import load_dataset  # noqa: E402
 from featcache.distributed import extract_distributed  # noqa: E402
 from featcache.errors import FeatcacheError  # noqa: E402
 from featcache.heads import make_head  # noqa: E402
-from featcache.extract import extract, locate  # noqa: E402
+from featcache.extract import extract  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:n=4000,size=8"  # train: 4 chunks, test: 1
@@ -155,7 +155,8 @@ def test_a_cache_root_the_workers_cannot_see_is_refused(cluster, spec, tmp_path,
 
 def test_a_second_client_on_the_same_key_gets_the_usual_line(cluster, spec, tmp_path):
     data = load_dataset("synthetic:n=20")
-    stem = locate(data, spec, "float32", resolve("float32", False), tmp_path)[1]
+    key = cache.cache_key(data.fingerprint, spec, weights_sha256(spec), "float32", resolve("float32", False))
+    stem = cache.cache_stem(data.name, spec, key)
     with cache.ExtractionLock(stem, tmp_path):
         with pytest.raises(FeatcacheError, match="another featcache process is extracting"):
             extract_distributed(data, spec, tmp_path, scheduler=cluster[0], **COMPUTE)

@@ -4,13 +4,16 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from keras.applications.mobilenet_v2 import preprocess_input
 from conftest import write_images
 
 from featcache import cache
+from featcache.backend import keras
 from featcache.backbones import build_feature_model, make_spec
 from featcache.datasets import load_dataset
 from featcache.errors import FeatcacheError
@@ -19,6 +22,7 @@ from featcache.compute import Compute, resolve
 from featcache.extract import extract
 
 
+@pytest.mark.backends
 def test_features_match_the_backbone_on_resized_preprocessed_images(root, small_spec):
     data = load_dataset("synthetic:n=40,size=16")
     result = extract(data, small_spec, root, batch_size=16, progress=False)
@@ -27,15 +31,13 @@ def test_features_match_the_backbone_on_resized_preprocessed_images(root, small_
     assert np.array_equal(found.labels("train", "coarse"), data.splits["train"].labels["coarse"])
     assert found.class_names == data.class_names
 
-    import tensorflow as tf
-    from keras.applications.mobilenet_v2 import preprocess_input
-
     images = data.splits["test"].images.array
-    expected = build_feature_model(small_spec)(preprocess_input(tf.image.resize(images.astype("float32"), (32, 32))))
-    np.testing.assert_allclose(found.features("test"), expected.numpy(), rtol=1e-4, atol=1e-5)
+    expected = build_feature_model(small_spec)(preprocess_input(keras.layers.Resizing(32, 32)(images.astype("float32"))))
+    np.testing.assert_allclose(found.features("test"), keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-5)
     provenance = found.provenance
     assert provenance["backbone"]["name"] == "mobilenetv2" and provenance["backbone"]["input_size"] == 32
-    assert provenance["dataset"]["fingerprint"] == data.fingerprint and "tensorflow" in provenance["versions"]
+    assert provenance["dataset"]["fingerprint"] == data.fingerprint
+    assert provenance["compute"]["backend"] == keras.backend.backend() in provenance["versions"]
 
 
 def test_second_run_is_served_from_the_cache_and_force_redoes_it(root, small_spec):
@@ -109,6 +111,7 @@ def _extract_command(root, dataset):
             "--batch-size", "128"]
 
 
+@pytest.mark.backends
 def test_killed_extraction_resumes_to_identical_features(tmp_path):
     dataset = "synthetic:n=6000,size=8"
     root = tmp_path / "killed"
@@ -162,6 +165,7 @@ def test_skipped_files_are_listed_in_the_cache(tmp_path, root, small_spec):
     assert cache.FeatureCache(result.path).rows == {"all": 6}
 
 
+@pytest.mark.backends
 def test_mixed_size_folder_resizes_each_image_like_the_uniform_path(tmp_path, root, small_spec):
     """Mixed sizes go through the per-image path; features equal those of each image alone."""
     write_images(tmp_path / "imgs" / "a", 3, size=(20, 10))
@@ -171,14 +175,12 @@ def test_mixed_size_folder_resizes_each_image_like_the_uniform_path(tmp_path, ro
     features = cache.FeatureCache(result.path).features("all")
     assert features.shape == (5, 1280)
 
-    import tensorflow as tf
-    from keras.applications.mobilenet_v2 import preprocess_input
-
     model = build_feature_model(small_spec)
     images = data.splits["all"].images
-    one_by_one = [model(preprocess_input(tf.image.resize(images.read_one(i)[None].astype("float32"), (32, 32))))
+    one_by_one = [model(preprocess_input(keras.layers.Resizing(32, 32)(images.read_one(i)[None].astype("float32"))))
                   for i in range(5)]
-    np.testing.assert_allclose(features, np.concatenate(one_by_one), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(features, np.concatenate([keras.ops.convert_to_numpy(f) for f in one_by_one]),
+                               rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("precision, xla", [("mixed", False), ("float32", True)])
@@ -192,3 +194,99 @@ def test_mixed_precision_and_xla_run_here_and_key_their_own_cache(root, small_sp
     a, b = cache.FeatureCache(plain.path).features("train"), cache.FeatureCache(other.path).features("train")
     assert b.dtype == np.float32 and np.isfinite(b).all()
     np.testing.assert_allclose(b, a, rtol=0.05, atol=0.05 * np.abs(a).max())  # same features, other rounding
+
+
+CACHED_ANSWER = """
+import sys
+import featcache.datasets, featcache.files
+def forbidden(*args, **kwargs):
+    raise AssertionError("an image file was read")
+featcache.files.file_hash = featcache.datasets.decode_image = featcache.datasets.header_size = forbidden
+from featcache.cli import main
+main(["extract", "--dataset", "folder:" + sys.argv[1], "--backbone", "mobilenetv2", "--alpha", "0.35",
+      "--input-size", "32", "--weights", sys.argv[2]], standalone_mode=False)
+print("tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+def test_a_cached_answer_reads_no_image_and_imports_no_tensorflow(tmp_path, root, small_spec):
+    write_images(tmp_path / "imgs" / "a", 3)
+    write_images(tmp_path / "imgs" / "b", 3, seed=1)
+    weights = tmp_path / "w.weights.h5"
+    build_feature_model(small_spec).save_weights(weights)
+    spec = make_spec("mobilenetv2", 32, weights=str(weights), options={"alpha": 0.35})
+    extract(load_dataset(f"folder:{tmp_path / 'imgs'}"), spec, root, progress=False)
+    done = subprocess.run([sys.executable, "-c", CACHED_ANSWER, str(tmp_path / "imgs"), str(weights)],
+                          capture_output=True, text=True, env={**os.environ, "FEATCACHE_CACHE": str(root)})
+    assert done.returncode == 0, done.stderr
+    assert "features are cached" in done.stdout and done.stdout.strip().endswith("False False")
+
+
+def test_the_file_index_sees_a_change_that_keeps_size_and_mtime(tmp_path, root):
+    paths = write_images(tmp_path / "imgs" / "a", 2) + write_images(tmp_path / "imgs" / "b", 2, seed=1)
+    before = load_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint
+    assert load_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint == before  # from the index this time
+    stat = paths[0].stat()
+    data = bytearray(paths[0].read_bytes())
+    data[-20] ^= 0xFF  # same size
+    paths[0].write_bytes(bytes(data))
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same mtime: only the ctime moved
+    assert paths[0].stat().st_size == stat.st_size and paths[0].stat().st_mtime_ns == stat.st_mtime_ns
+    assert load_dataset(f"folder:{tmp_path / 'imgs'}").fingerprint != before
+
+
+def test_the_batch_size_a_run_started_with_is_kept_on_resume(root, small_spec, monkeypatch):
+    """Default batch size: the largest that fits (CPU: CPU_BATCH); a resumed run reuses the stored one."""
+    from featcache import images
+
+    data = load_dataset("synthetic:n=1100")
+    original = cache.PartialExtraction.write_chunk
+
+    def stop_after_one_chunk(self, split, index, features):
+        original(self, split, index, features)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache.PartialExtraction, "write_chunk", stop_after_one_chunk)
+    monkeypatch.setattr(images, "CPU_BATCH", 32)
+    with pytest.raises(KeyboardInterrupt):
+        extract(data, small_spec, root, progress=False)
+    partial, = (root / "features").glob("*.partial")
+    assert cache.read_manifest(partial)[0]["batch_size"] == 32
+    monkeypatch.setattr(cache.PartialExtraction, "write_chunk", original)
+    seen = []
+    real_forward = images.forward
+    monkeypatch.setattr("featcache.extract.forward", lambda model, size: seen.append(size) or real_forward(model, size))
+    monkeypatch.setattr(images, "CPU_BATCH", 64)
+    result = extract(data, small_spec, root, progress=False)
+    assert seen == [32] and result.resumed == 1024
+
+
+def test_a_first_extraction_of_a_folder_reads_each_file_once(tmp_path, root, small_spec, monkeypatch):
+    """Decoding hashes the bytes it reads; the content key comes from those hashes, not from a second read."""
+    import featcache.files
+
+    write_images(tmp_path / "imgs" / "a", 5)
+    write_images(tmp_path / "imgs" / "b", 5, seed=1)
+    reads, real = [], Path.read_bytes
+    with monkeypatch.context() as patch:
+        patch.setattr(featcache.files, "file_hash", lambda *a: pytest.fail("an image file was read to hash it"))
+        patch.setattr("featcache.file_index.file_hash", featcache.files.file_hash)
+        patch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real(self))
+        result = extract(load_dataset(f"folder:{tmp_path / 'imgs'}"), small_spec, root, progress=False)
+    assert sorted(reads) == sorted(p.name for p in (tmp_path / "imgs").rglob("*.png"))
+    data = load_dataset(f"folder:{tmp_path / 'imgs'}")
+    assert cache.FeatureCache(result.path).key == cache_key(data.fingerprint, small_spec, None, "float32", resolve())
+
+
+def test_a_finished_folder_extraction_leaves_no_in_progress_folder_even_if_killed_at_the_end(tmp_path, root,
+                                                                                               small_spec, monkeypatch):
+    """The in-progress folder is named by the files' stats and the cache file by their contents: a run killed
+    after writing the file still has its folder cleaned up (its manifest names the file it became)."""
+    write_images(tmp_path / "imgs" / "a", 3)
+    write_images(tmp_path / "imgs" / "b", 3, seed=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.PartialExtraction, "remove", lambda self: None)  # "killed" before the clean-up
+        result = extract(load_dataset(f"folder:{tmp_path / 'imgs'}"), small_spec, root, progress=False)
+    leftover, = (root / "features").glob("*.partial")
+    assert leftover.stem != result.path.stem
+    assert [e["status"] for e in cache.list_entries(root)] == ["complete"] and not leftover.exists()

@@ -84,6 +84,7 @@ def trained(spec, tmp_path_factory):
     return record, snapshots.taken, root
 
 
+@pytest.mark.backends
 def test_loss_goes_down_and_accuracy_beats_chance(trained):
     record, _, _ = trained
     losses = [epoch["loss"] for epoch in record["history"]["head"]]

@@ -1,8 +1,6 @@
 """The heads: scikit-learn estimators that learn, validate their parameters, save and plug in."""
 
 import re
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import write_cache
+from conftest import install_plugin, write_cache
 
 from featcache import cv, evaluation, heads
 from featcache.cli import main
@@ -123,6 +121,7 @@ def test_standardisation_is_fitted_on_training_rows_only(monkeypatch, root):
             assert rows_seen == set(train) and not rows_seen & set(held_out)
 
 
+@pytest.mark.backends
 def test_mlp_is_deterministic_with_a_seed(data):
     (x, y), (x_test, _) = data
     first = heads.make_head("mlp", **FAST["mlp"], random_state=3).fit(x, y).predict_proba(x_test)
@@ -139,6 +138,7 @@ def test_saved_head_reloads_and_predicts_the_same(name, data, tmp_path):
     assert loaded.get_params() == head.get_params()
 
 
+@pytest.mark.backends
 def test_mlp_as_keras_model_covers_every_class(data):
     (x, y), (x_test, _) = data
     keep = y != 2  # class 2 absent from training: its probability column must be 0
@@ -216,13 +216,8 @@ class NearestCentroidHead(ClassifierMixin, BaseEstimator):
 
 def test_third_party_head_plugs_in_through_an_entry_point(tmp_path, monkeypatch, data, root):
     """A tiny package installed only for this test (a module and its dist-info on sys.path)."""
-    (tmp_path / "centroid_head.py").write_text(textwrap.dedent(PLUGIN))
-    info = tmp_path / "centroid_head-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: centroid-head\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[featcache.heads]\ncentroid = centroid_head:NearestCentroidHead\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "centroid_head", raising=False)
+    install_plugin(tmp_path, monkeypatch, "centroid_head", PLUGIN, "featcache.heads",
+                   "centroid = centroid_head:NearestCentroidHead")
 
     assert "centroid" in heads.available_heads()
     (x, y), (x_test, y_test) = data

@@ -52,6 +52,7 @@ def all_probabilities(record, inputs, **options):
     return {str(p.path): np.array([dict(zip(p.classes, p.probabilities))[c] for c in CLASSES]) for p in found}, skipped
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("head_name", ["logreg", "mlp"])
 def test_predict_reproduces_the_cached_feature_predictions(fitted, head_name):
     record = fitted["records"][head_name]
@@ -63,6 +64,7 @@ def test_predict_reproduces_the_cached_feature_predictions(fitted, head_name):
         np.testing.assert_allclose(probabilities, expected, atol=1e-5)
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("head_name, files", [("logreg", {"backbone.keras", "head.joblib"}), ("mlp", {"model.keras"})])
 def test_exported_model_loads_in_a_fresh_process_and_agrees(fitted, head_name, files, tmp_path):
     record = fitted["records"][head_name]

@@ -19,6 +19,7 @@ from featcache.training import STATE_FILE
 DATASET = "synthetic:n=96,classes=4,size=16,seed=0"
 
 
+@pytest.mark.backends
 def test_basic_cnn_learns(root):
     settings = scratch_settings("basic-cnn", epochs=3, batch_size=16, augment=False)
     record = scratch(load_dataset(DATASET), settings, options=TrainOptions(patience=0), root=root, progress=False)

@@ -68,7 +68,10 @@ class MLPHead(Head):
 
     def _scores(self, x):
         # called directly, batch by batch: model.predict would trace a new function for every fitted head
-        return np.concatenate([self.model_(x[i:i + 4096], training=False).numpy() for i in range(0, len(x), 4096)])
+        from featcache.backend import keras
+
+        return np.concatenate([keras.ops.convert_to_numpy(self.model_(x[i:i + 4096], training=False))
+                               for i in range(0, len(x), 4096)])
 
     def to_keras(self, n_classes: int):
         """The head as a Keras model whose outputs cover classes 0..n_classes-1 (absent classes get 0)."""
