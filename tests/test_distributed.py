@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_cache
+from conftest import write_cache, write_images
 
 pytest.importorskip("distributed", reason="the dask extra is not installed: pip install 'featcache[dask]'")
 
@@ -120,6 +120,17 @@ def test_sharded_extraction_is_bit_identical_and_reads_as_one_array(cluster, spe
     assert code == 0, out
     assert not list((root / "features").glob("*.shards")) and not cache.FeatureCache(result.path).shard_files
     assert np.array_equal(cache.FeatureCache(result.path).features("train"), local["train"])
+
+
+def test_image_files_of_mixed_sizes_give_the_local_features(cluster, spec, tmp_path):
+    write_images(tmp_path / "imgs" / "a", 5, size=(20, 10))
+    write_images(tmp_path / "imgs" / "b", 4, size=(40, 40), seed=1)
+    data = load_dataset(f"folder:{tmp_path / 'imgs'}")
+    options = {**COMPUTE, "batch_size": 4}
+    sharded = extract_distributed(data, spec, tmp_path / "sharded", scheduler=cluster[0], **options)
+    alone = extract(load_dataset(f"folder:{tmp_path / 'imgs'}"), spec, tmp_path / "alone", **options)
+    assert sharded.path.name == alone.path.name
+    assert np.array_equal(cache.FeatureCache(sharded.path).features("all"), cache.FeatureCache(alone.path).features("all"))
 
 
 def test_fit_on_the_cluster_gives_the_local_fold_metrics(cluster, root):
