@@ -5,7 +5,7 @@ FEATCACHE := $(VENV)/bin/featcache
 # CPU wheels and KerasHub by default (hub: the full tensorflow wheel, which keras-hub's tensorflow-text
 # needs, and xgboost-cpu); EXTRAS=gpu-hub,test installs the CUDA builds instead. The tests also run a
 # subset under Keras' JAX backend (the jax extra, a CPU wheel here).
-EXTRAS ?= hub,jax,test
+EXTRAS ?= hub,jax,test,dask
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)

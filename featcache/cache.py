@@ -27,6 +27,11 @@ Sharding (for several processes or machines): each worker can write the same lay
 row range of a split, recorded in the ``rows`` attribute of ``/<split>/features``; an HDF5 virtual
 dataset (``h5py.VirtualLayout``) over the shard files then reads them back as one array without
 copying. The reader below only relies on ``/<split>/features`` being an array, virtual or not.
+:mod:`featcache.distributed` writes such entries: ``<stem>.h5`` whose features are virtual, plus
+``<stem>.shards/<split>-<start>-<stop>.h5``, named relative to the ``.h5`` so the root can move. The
+shard files are part of the entry (listed, verified and removed with it; leftover cleanup keeps
+them), and a missing or incomplete shard is an error on opening, never HDF5's fill values.
+``consolidate`` turns such an entry into one ordinary file.
 """
 
 import errno
@@ -106,6 +111,7 @@ class FeatureCache:
                 self.rows = {s: f[s]["features"].shape[0] for s in self.splits}
                 self.width = f[self.splits[0]]["features"].shape[1]
                 self.dtype = str(f[self.splits[0]]["features"].dtype)
+                self.shard_files = _check_shards(f, self.path, self.key, self.splits)
         except OSError as exc:
             raise FeatcacheError(f"cannot read {self.path}: {exc}; remove it with `featcache cache rm`") from None
 
@@ -315,11 +321,13 @@ class PartialExtraction:
     def chunk_file(self, split: str, index: int) -> Path:
         return chunk_file(self.folder, split, index)
 
-    def missing_chunks(self, split: str, total_rows: int) -> list[int]:
-        """Indices of the chunks still to compute: absent, or damaged (wrong shape or dtype, unreadable)."""
+    def missing_chunks(self, split: str, total_rows: int, indices=None) -> list[int]:
+        """Indices of the chunks still to compute: absent, or damaged (wrong shape or dtype, unreadable);
+        only among ``indices`` where given."""
         width, dtype = self.manifest.get("width"), self.manifest.get("dtype")
-        missing = []
-        for index, rows in enumerate(chunk_sizes(total_rows)):
+        missing, sizes = [], chunk_sizes(total_rows)
+        for index in range(len(sizes)) if indices is None else indices:
+            rows = sizes[index]
             try:
                 damaged = chunk_problem(self.chunk_file(split, index), rows, width, dtype)
             except FileNotFoundError:
@@ -374,10 +382,12 @@ def _partial_summary(folder: Path) -> dict:
 
 
 def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class_names: dict, provenance: dict,
-                     dtype: str):
+                     dtype: str, shards: dict | None = None):
     """Assemble the finished chunks into the HDF5 file, atomically (temporary name, then rename).
 
-    ``splits`` maps split -> {"rows": n, "width": d, "labels": {label set: array}}.
+    ``splits`` maps split -> {"rows": n, "width": d, "labels": {label set: array}}. ``shards`` maps split ->
+    [(start, stop, shard file)]: the features are then a virtual dataset over those files (written by
+    :func:`write_shard_file`) instead of a copy of the chunks.
     """
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
@@ -385,15 +395,10 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
         f.attrs["provenance"] = json.dumps(provenance)
         for split, info in splits.items():
             group = f.create_group(split)
-            features = group.create_dataset(
-                "features", shape=(info["rows"], info["width"]), dtype=dtype,
-                chunks=(min(CHUNK_ROWS, info["rows"]), info["width"]), fletcher32=True,
-            )
-            features.attrs["rows"] = [0, info["rows"]]
-            row = 0
-            for chunk in partial.read_split(split, info["rows"]):
-                features[row:row + len(chunk)] = chunk
-                row += len(chunk)
+            if shards:
+                _virtual_features(group, path.parent, shards[split], info["width"], dtype)
+            else:
+                _write_features(group, partial.read_split(split, info["rows"]), 0, info["rows"], info["width"], dtype)
             for label_set, labels in info["labels"].items():
                 group.create_dataset(f"labels/{label_set}", data=np.asarray(labels, dtype=np.int64))
         for label_set, names in class_names.items():
@@ -403,12 +408,15 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
 
 def remove_leftovers(root=None):
     """Remove what finished or killed extractions left behind: the ``.partial`` of a stem whose complete
-    ``.h5`` is there (killed between the two steps of finishing) and stray ``*.tmp`` files. A stem that a
+    ``.h5`` is there (killed between the two steps of finishing), the ``.shards`` of one whose complete ``.h5``
+    reads none (consolidated, killed before removing them) and stray ``*.tmp`` files. A stem that a
     live process holds is left alone; on a read-only root nothing is removed, and nothing fails."""
     folder = paths.features_dir(root)
     finished = [p for p in folder.glob("*.partial") if _is_complete(p.with_suffix(".h5"))
                 or _is_complete(folder / str(read_manifest(p)[0].get("finished", "-")))]
-    for path in [*finished, *folder.glob("*.tmp"), *folder.glob("*.partial/*.tmp")]:
+    consolidated = [p for p in folder.glob("*.shards") if _reads_no_shards(p.with_suffix(".h5"))]
+    strays = [*folder.glob("*.tmp"), *folder.glob("*.partial/*.tmp"), *folder.glob("*.shards/*.tmp")]
+    for path in [*finished, *consolidated, *strays]:
         owner = path if path.parent == folder else path.parent
         if lock_held(_lock_beside(owner)):
             continue
@@ -419,6 +427,17 @@ def remove_leftovers(root=None):
                 path.unlink()
         except OSError:
             pass  # read-only, or removed by another process meanwhile
+
+
+def _write_features(group, chunks, start: int, stop: int, width: int, dtype: str):
+    """``group``/features: rows start..stop of a split from ``chunks`` (arrays of whole chunks), Fletcher-32."""
+    features = group.create_dataset("features", shape=(stop - start, width), dtype=dtype,
+                                    chunks=(min(CHUNK_ROWS, stop - start), width), fletcher32=True)
+    features.attrs["rows"] = [start, stop]
+    row = 0
+    for chunk in chunks:
+        features[row:row + len(chunk)] = chunk
+        row += len(chunk)
 
 
 def _is_complete(path: Path) -> bool:
@@ -460,6 +479,7 @@ def _file_entry(path: Path) -> dict:
         cache = FeatureCache(path)
     except FeatcacheError as exc:
         return {**entry, "status": f"damaged: {exc}"}
+    entry.update(bytes=stat.st_size + sum(map(_size, cache.shard_files)), shards=len(cache.shard_files))
     return {**entry, "provenance": cache.provenance, "rows": cache.rows, "width": cache.width, "dtype": cache.dtype}
 
 
@@ -562,4 +582,97 @@ def remove(stem_path: Path, root=None):
         shutil.rmtree(stem_path)
     else:
         stem_path.unlink(missing_ok=True)
+    shutil.rmtree(stem_path.with_name(f"{stem}.shards"), ignore_errors=True)
     lock_path(stem, root).unlink(missing_ok=True)
+
+
+# --- sharded entries (see the module docstring and featcache.distributed) -------------------------
+
+
+def shards_dir(stem: str, root=None) -> Path:
+    return paths.features_dir(root) / f"{stem}.shards"
+
+
+def shard_file(stem: str, split: str, start: int, stop: int, root=None) -> Path:
+    return shards_dir(stem, root) / f"{split}-{start:09d}-{stop:09d}.h5"
+
+
+def write_shard_file(path: Path, partial: PartialExtraction, split: str, start: int, stop: int):
+    """Rows start..stop of ``split`` (whole chunks of ``partial``) as one shard file, atomically: the cache's own
+    ``/<split>/features`` layout with its ``rows`` attribute, Fletcher-32, the key and ``complete``."""
+    manifest, first = partial.manifest, start // CHUNK_ROWS
+    chunks = (np.load(partial.chunk_file(split, first + i)) for i in range(len(chunk_sizes(stop - start))))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["key"] = manifest["key"]
+        _write_features(f.create_group(split), chunks, start, stop, manifest["width"], manifest["dtype"])
+        f.attrs["complete"] = True
+
+
+def shard_problem(path: Path, key: str, split: str, start: int, stop: int) -> str | None:
+    """Why ``path`` is not the whole shard of rows start..stop of ``split`` of the features ``key``; None when it is."""
+    try:
+        with h5py.File(path, "r") as f:
+            features = f[split]["features"]
+            if f.attrs.get("complete") and str(f.attrs.get("key")) == key and list(features.attrs["rows"]) == [start, stop]:
+                return None
+            return f"shard {path} is incomplete or holds other features"
+    except FileNotFoundError:
+        return f"shard {path} is missing"
+    except (OSError, KeyError) as exc:
+        return f"shard {path} cannot be read ({exc})"
+
+
+def _virtual_features(group, folder: Path, shards: list, width: int, dtype: str):
+    """``group``/features as a virtual dataset over shard files [(start, stop, file)], named relative to ``folder``."""
+    rows = max(stop for _, stop, _ in shards)
+    layout = h5py.VirtualLayout(shape=(rows, width), dtype=dtype)
+    for start, stop, file in shards:
+        name = os.path.relpath(file, folder)
+        layout[start:stop] = h5py.VirtualSource(name, f"{group.name.lstrip('/')}/features", shape=(stop - start, width))
+    features = group.create_virtual_dataset("features", layout, fillvalue=np.nan)
+    features.attrs["rows"] = [0, rows]
+
+
+def _check_shards(f: h5py.File, path: Path, key: str, splits: list) -> list[Path]:
+    """The shard files an open cache file reads (none for an ordinary one); a missing or incomplete one is an error."""
+    files = []
+    for split in splits:
+        features = f[split]["features"]
+        for source in features.virtual_sources() if features.is_virtual else []:
+            (start, _), (last, _) = source.vspace.get_select_bounds()
+            file = path.parent / source.file_name
+            problem = shard_problem(file, key, split, start, last + 1)
+            if problem:
+                raise FeatcacheError(f"{path.name}: {problem}: extract it again with force=True (featcache extract --force)")
+            files.append(file)
+    return files
+
+
+def _reads_no_shards(path: Path) -> bool:
+    """Whether ``path`` is a complete, ordinary (consolidated) cache file."""
+    try:
+        return not FeatureCache(path).shard_files
+    except FeatcacheError:
+        return False
+
+
+def consolidate(path: Path, root=None) -> Path:
+    """Copy a sharded entry into one ordinary cache file (atomically, in place), then remove its shard files."""
+    found = FeatureCache(path)
+    if not found.shard_files:
+        return found.path
+    with ExtractionLock(stem_of(found.path), root), h5py.File(found.path, "r") as source:
+        with atomic_path(found.path) as tmp, h5py.File(tmp, "w") as f:
+            for name, value in source.attrs.items():
+                if name != "complete":
+                    f.attrs[name] = value
+            for split in found.splits:
+                group = f.create_group(split)
+                _write_features(group, found.feature_chunks(split), 0, found.rows[split], found.width, found.dtype)
+                source.copy(source[split]["labels"], group)
+            source.copy(source["classes"], f)
+            f.attrs["complete"] = True
+    shutil.rmtree(found.path.with_name(f"{stem_of(found.path)}.shards"))
+    return found.path

@@ -113,6 +113,18 @@ def key_lists(ctx, param, items) -> dict:
     return {key: [_value(v) for v in text.split(",")] for key, text in _pairs(items)}
 
 
+def cluster_options(command):
+    """--scheduler and --workers: run a command's work on a Dask cluster (featcache.cluster)."""
+    options = [
+        click.option("--scheduler", metavar="ADDRESS", help="Run on the Dask scheduler at ADDRESS (tcp://host:8786)."),
+        click.option("--workers", metavar="N|gpu", callback=lambda ctx, param, text: _value(text) if text else None,
+                     help="Run on a local Dask cluster of N worker processes, or one per visible GPU."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def backbone_options(command):
     """The options every command that builds a backbone shares, named as make_spec's parameters."""
     options = [
@@ -177,9 +189,11 @@ def main(ctx, cache_dir, verbose):
 @click.option("--xla/--no-xla", default=None, help="Compile with XLA  [default: on a GPU]")
 @click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded (they are listed).")
 @click.option("--force", is_flag=True, help="Extract again even if the features are cached.")
+@cluster_options
+@click.option("--consolidate", is_flag=True, help="Copy a sharded result (--scheduler/--workers) into one file.")
 @click.pass_obj
 def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alpha, backbone_option, batch_size, dtype,
-            precision, xla, skip_bad, force):
+            precision, xla, skip_bad, force, scheduler, workers, consolidate):
     """Run a backbone once over a dataset and cache its pooled features."""
     from featcache.datasets import load_dataset
 
@@ -187,8 +201,17 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
     for note in data.notes:
         click.echo(f"note: {note}", err=True)
-    result = extract_features(data, spec, obj["root"], batch_size=batch_size, dtype=dtype, force=force,
-                              precision=precision, xla=xla)
+    options = dict(batch_size=batch_size, dtype=dtype, force=force, precision=precision, xla=xla)
+    if scheduler is not None or workers is not None:
+        from featcache.distributed import extract_distributed
+
+        result = extract_distributed(data, spec, obj["root"], scheduler=scheduler, workers=workers, **options)
+    else:
+        result = extract_features(data, spec, obj["root"], **options)
+    if consolidate:
+        from featcache.cache import consolidate as consolidate_entry
+
+        consolidate_entry(result.path, obj["root"])
     shapes = ", ".join(f"{split} {n:,} x {result.width}" for split, n in result.rows.items())
     if result.cached:
         click.echo(f"features are cached: {result.path} ({shapes}); --force extracts again")
@@ -252,7 +275,8 @@ def cache_ls(obj):
     click.echo(f"{'cache':<58}{'rows':>16}{'width':>7}{'MB':>9}  status")
     for e in entries:
         rows = "+".join(f"{n}" for n in e.get("rows", {}).values())
-        click.echo(f"{e['stem']:<58}{rows:>16}{e.get('width', ''):>7}{e['bytes'] / 1e6:>9.1f}  {e['status']}")
+        shards = f" ({e['shards']} shards)" if e.get("shards") else ""
+        click.echo(f"{e['stem']:<58}{rows:>16}{e.get('width', ''):>7}{e['bytes'] / 1e6:>9.1f}  {e['status']}{shards}")
 
 
 @cache.command("info")
@@ -268,6 +292,8 @@ def cache_info(obj, ref):
     click.echo(f"file: {found.path}")
     click.echo("splits: " + ", ".join(f"{s} {n:,} x {found.width} {found.dtype}" for s, n in found.rows.items()))
     click.echo("label sets: " + ", ".join(f"{k} ({len(v)} classes)" for k, v in found.class_names.items()))
+    if found.shard_files:
+        click.echo(f"shards: {len(found.shard_files)} files in {found.shard_files[0].parent}")
     click.echo(json.dumps(found.provenance, indent=2))
 
 
@@ -285,6 +311,17 @@ def cache_verify(obj, refs):
         failed |= bool(problems)
         click.echo(f"{path.name}: " + ("ok" if not problems else "; ".join(problems)))
     sys.exit(1 if failed else 0)
+
+
+@cache.command("consolidate")
+@click.argument("ref")
+@click.pass_obj
+def cache_consolidate(obj, ref):
+    """Copy a sharded cache (extracted on a Dask cluster) into one ordinary file and remove its shard files."""
+    from featcache.cache import consolidate, find
+
+    path = consolidate(find(ref, obj["root"]), obj["root"])
+    click.echo(f"consolidated: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @cache.command("rm")
@@ -331,9 +368,10 @@ def cache_rm(obj, refs, yes):
 @click.option("--repeats", type=int, default=REPEATS, show_default=True,
               help="Seeded draws of the shots per count (the same draws for every head).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: one per core).")
+@cluster_options
 @click.pass_obj
 def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, params, grid, test, sweep, shots, repeats,
-        jobs):
+        jobs, scheduler, workers):
     """Fit heads on cached features with stratified k-fold cross-validation."""
     from featcache import heads
     from featcache.cache import FeatureCache, select
@@ -344,8 +382,14 @@ def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, p
     found = FeatureCache(select(obj["root"], cache_ref, backbone, dataset))
     click.echo(f"features: {found.path.name} ({', '.join(f'{s} {n:,}' for s, n in found.rows.items())})")
     features = load_features(found, label_set)
-    saved = fit_heads(estimators, features, grid, folds, seed, test, jobs, obj["root"], sweep=sweep, shots=shots,
-                      repeats=repeats)
+    options = dict(sweep=sweep, shots=shots, repeats=repeats)
+    if scheduler is not None or workers is not None:
+        from featcache.distributed import fit_distributed
+
+        saved = fit_distributed(estimators, features, grid, folds, seed, test, obj["root"], scheduler=scheduler,
+                                workers=workers, **options)
+    else:
+        saved = fit_heads(estimators, features, grid, folds, seed, test, jobs, obj["root"], **options)
     _print_results(saved, ranked=True)
     for record in saved:
         for old in record["_replaced"]:

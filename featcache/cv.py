@@ -95,8 +95,7 @@ def cross_validate_head(estimator, grid, features: Features, folds, jobs: int = 
 
     x, y, n_classes = features.x_train, features.y_train, len(features.class_names)
     cores = os.cpu_count() or 1
-    jobs = cores if jobs == -1 else jobs
-    threads = max(1, cores // jobs)
+    threads = max(1, cores // (cores if jobs == -1 else jobs))  # -1 stays -1: on Dask, every worker thread
     tasks = (delayed(_run_fold)(estimator, grid, x, y, tr, te, n_classes, i, threads)
              for i, (tr, te) in enumerate(folds))
     fold_metrics, out_of_fold = [], np.empty_like(y)

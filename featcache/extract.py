@@ -145,16 +145,25 @@ def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> in
     with bar:
         for split, ranges in todo.items():
             for start, end in ranges:
-                chunk, index = [], start // cache.CHUNK_ROWS
-                for images in HostBatches(dataset.splits[split].images, start, end, batch_size, spec.input_size):
-                    chunk.append(run(images).astype(dtype))
-                    bar.update(len(chunk[-1]))
-                    if sum(map(len, chunk)) == cache.CHUNK_ROWS:
-                        partial.write_chunk(split, index, np.concatenate(chunk))
-                        chunk, index = [], index + 1
-                if chunk:
-                    partial.write_chunk(split, index, np.concatenate(chunk))
+                compute_rows(dataset.splits[split].images, split, start, end, run, partial, batch_size,
+                             spec.input_size, dtype, bar.update)
     return computed
+
+
+def compute_rows(images, split, start, end, run, partial, batch_size, size, dtype, advance=None, offset=0):
+    """Rows start..end (whole chunks) of one split through ``run``, written chunk by chunk into ``partial``;
+    ``advance(rows)`` after every batch. ``images`` holds the split's rows from ``offset`` on. Sharded
+    extraction (:mod:`featcache.distributed`) runs it on workers."""
+    chunk, index = [], start // cache.CHUNK_ROWS
+    for batch in HostBatches(images, start - offset, end - offset, batch_size, size):
+        chunk.append(run(batch).astype(dtype))
+        if advance:
+            advance(len(chunk[-1]))
+        if sum(map(len, chunk)) == cache.CHUNK_ROWS:
+            partial.write_chunk(split, index, np.concatenate(chunk))
+            chunk, index = [], index + 1
+    if chunk:
+        partial.write_chunk(split, index, np.concatenate(chunk))
 
 
 def _row_ranges(indices: list[int], total_rows: int) -> list[tuple[int, int]]:
