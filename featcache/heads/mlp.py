@@ -28,7 +28,7 @@ class MLPHead(Head):
         "patience": [POSITIVE_INT], "validation_fraction": [FRACTION]}
 
     def __init__(self, units=1024, dropout=0.5, epochs=30, batch_size=256, learning_rate=1e-3, optimizer="adam",
-                 patience=3, validation_fraction=0.1, pca=None, random_state=0):
+                 patience=3, validation_fraction=0.1, pca=None, random_state=0, copy=True):
         self.units = units
         self.dropout = dropout
         self.epochs = epochs
@@ -39,6 +39,7 @@ class MLPHead(Head):
         self.validation_fraction = validation_fraction
         self.pca = pca
         self.random_state = random_state
+        self.copy = copy
 
     def _fit(self, z, codes):
         from featcache.backend import keras
