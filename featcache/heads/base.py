@@ -26,7 +26,7 @@ POSITIVE = Interval(float, 0, None, closed="neither")
 POSITIVE_INT = Interval(int, 1, None)
 FRACTION = Interval(float, 0, 1, closed="neither")
 FEATURE_DTYPES = [np.float32, np.float16]  # kept as they are; anything else becomes float32
-CHUNK_BYTES = 64 * 2**20  # rows standardised at a time: a temporary of about this size
+CHUNK_BYTES = 8 * 2**20  # rows standardised at a time, as float32 (scikit-learn's statistics widen them to float64)
 
 
 def check_params(head, owner: str) -> None:

@@ -28,7 +28,7 @@ class LogisticRegressionHead(Head):
     parameter_rules = Head.parameter_rules | {"C": [POSITIVE], "max_iter": [POSITIVE_INT], "tol": [POSITIVE],
                                               "solver": [Options(*SOLVERS)], "batch_size": [POSITIVE_INT]}
 
-    def __init__(self, C=0.01, max_iter=200, tol=1e-4, solver="auto", batch_size=65536, pca=None, random_state=0,
+    def __init__(self, C=0.01, max_iter=200, tol=1e-4, solver="auto", batch_size=16384, pca=None, random_state=0,
                  copy=True):
         self.C = C
         self.max_iter = max_iter

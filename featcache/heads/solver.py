@@ -76,16 +76,16 @@ def fit_linear(x, codes, n_classes, loss, C, options, batch_size, scaler=None, r
     def objective(flat):
         coef = flat.reshape(d + 1, n_classes)
         weights, intercept = ops.convert_to_tensor(coef[:-1], "float32"), ops.convert_to_tensor(coef[-1], "float32")
-        total, grad_w, grad_b = ops.zeros(()), ops.zeros((d, n_classes)), ops.zeros((n_classes,))
+        total, grad_w, grad_b = ops.zeros(()), ops.zeros((n_classes, d)), ops.zeros((n_classes,))
         for block, batch_codes in resident or map(batch, starts):
             z = ops.cast(block, "float32")
             z = z if scaler is None else (z - mean) / scale
             value, pull = LOSSES[loss](ops, ops.matmul(z, weights) + intercept, ops.one_hot(batch_codes, n_classes))
             total = total + value
-            grad_w = grad_w + ops.matmul(ops.transpose(z), pull)
+            grad_w = grad_w + ops.matmul(ops.transpose(pull), z)  # (k, d): transposes the smaller operand
             grad_b = grad_b + ops.sum(pull, axis=0)
         value = float(ops.convert_to_numpy(total)) / n + 0.5 * penalty * np.sum(coef[:-1] ** 2)
-        gradient = np.vstack([ops.convert_to_numpy(grad_w) / n + penalty * coef[:-1],
+        gradient = np.vstack([ops.convert_to_numpy(grad_w).T / n + penalty * coef[:-1],
                               ops.convert_to_numpy(grad_b)[None] / n])
         return value, gradient.ravel().astype(np.float64)
 

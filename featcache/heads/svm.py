@@ -33,7 +33,7 @@ class SVMHead(Head):
         "solver": [Options(*SOLVERS)], "batch_size": [POSITIVE_INT]}
 
     def __init__(self, C=0.001, kernel="linear", gamma=None, n_components=2000, max_iter=100,
-                 calibration_fraction=0.1, solver="auto", batch_size=65536, pca=None, random_state=0, copy=True):
+                 calibration_fraction=0.1, solver="auto", batch_size=16384, pca=None, random_state=0, copy=True):
         self.C = C
         self.kernel = kernel
         self.gamma = gamma
