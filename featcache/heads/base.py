@@ -78,7 +78,7 @@ class Head(ClassifierMixin, BaseEstimator):
         return self._transform(validate_data(self, x, dtype=FEATURE_DTYPES, reset=False))
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
-        """The fitted front on float32 rows."""
+        """The fitted front: float32 rows (float16 rows are widened a chunk at a time)."""
         scaler, *pca = (step for _, step in self.front_.steps)
         z = standardised(x, scaler)
         return project(z, pca[0]) if pca else z

@@ -8,8 +8,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from featcache.heads.base import POSITIVE, POSITIVE_INT, Head
-from featcache.heads.solver import SOLVERS, fit_linear, resolve_solver
-from featcache.heads.svm import affine
+from featcache.heads.solver import SOLVERS, affine, fit_linear, resolve_solver
 from featcache.params import Options
 
 

@@ -36,6 +36,11 @@ def resolve_solver(solver: str) -> str:
     return ("keras" if keras_sees_gpu() else "lbfgs") if solver == "auto" else solver
 
 
+def affine(z: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Decision scores of a (d + 1, k) weight matrix whose last row is the intercept."""
+    return z @ coef[:-1].astype(np.float32) + coef[-1].astype(np.float32)
+
+
 def softmax_loss(ops, logits, onehot):
     """Summed cross-entropy and its gradient with respect to the logits."""
     log_p = ops.log_softmax(logits, axis=1)

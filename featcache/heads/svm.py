@@ -21,7 +21,7 @@ from scipy.special import log_softmax, softmax
 from sklearn.kernel_approximation import Nystroem
 
 from featcache.heads.base import FRACTION, POSITIVE, POSITIVE_INT, Head, standardised, validation_slice
-from featcache.heads.solver import SOLVERS, fit_linear, resolve_solver
+from featcache.heads.solver import SOLVERS, affine, fit_linear, resolve_solver
 from featcache.params import Options
 
 
@@ -84,11 +84,6 @@ class SVMHead(Head):
 
     def _scores(self, z):
         return softmax(self._decision(z) / self.temperature_, axis=1)
-
-
-def affine(z: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """Decision scores of a (d + 1, k) weight matrix whose last row is the intercept."""
-    return z @ coef[:-1].astype(np.float32) + coef[-1].astype(np.float32)
 
 
 def squared_hinge_ovr(z, codes, n_classes, C, max_iter) -> tuple[np.ndarray, int]:
