@@ -46,14 +46,19 @@ class Features:
 
 
 def load_features(cache: FeatureCache, label_set: str | None = None) -> Features:
-    """Read the training split (and the test split, when there is one) into memory, checking them."""
+    """Read the training split (and the test split, when there is one) into memory, checking them.
+
+    float16 caches stay float16 (the heads widen them a chunk at a time); other dtypes become float32."""
+    def kept(x: np.ndarray) -> np.ndarray:
+        return x if x.dtype == np.float16 else x.astype(np.float32, copy=False)
+
     label_set = label_set or cache.label_sets[0]
     train = "train" if "train" in cache.splits else cache.splits[0]
     y_train = cache.labels(train, label_set)
-    x_train = _checked(cache.features(train).astype(np.float32, copy=False), train)
+    x_train = _checked(kept(cache.features(train)), train)
     x_test = y_test = None
     if "test" in cache.splits and train != "test":
-        x_test = _checked(cache.features("test").astype(np.float32, copy=False), "test")
+        x_test = _checked(kept(cache.features("test")), "test")
         y_test = cache.labels("test", label_set)
     return Features(cache, label_set, x_train, y_train, x_test, y_test)
 
@@ -65,10 +70,15 @@ def _checked(x: np.ndarray, split: str) -> np.ndarray:
     return x
 
 
-def fit_one(estimator, grid: dict, x, y, seed: int):
-    """Fit a clone of ``estimator`` on (x, y); with a grid, choose its parameters by inner CV on (x, y) alone."""
+def fit_one(estimator, grid: dict, x, y, seed: int, owned: bool = False):
+    """Fit a clone of ``estimator`` on (x, y); with a grid, choose its parameters by inner CV on (x, y) alone.
+
+    ``owned``: x is the caller's own copy, which an estimator with a ``copy`` parameter may overwrite
+    (``copy=False``: a head standardises it in place instead of copying it again)."""
     started = time.perf_counter()
     chosen = None
+    if owned and "copy" in estimator.get_params(deep=False):
+        estimator = clone(estimator).set_params(copy=False)
     if grid:
         inner = StratifiedKFold(INNER_FOLDS, shuffle=True, random_state=seed)
         search = GridSearchCV(estimator, grid, cv=inner, scoring="accuracy", refit=True, n_jobs=1)
@@ -84,7 +94,8 @@ def _run_fold(estimator, grid, x, y, train, held_out, n_classes, seed, threads):
 
     # folds in parallel share the cores: OpenBLAS threads that outnumber them spin and slow everything down
     with threadpool_limits(threads):
-        fitted, chosen, fit_seconds = fit_one(estimator, grid, x[train], y[train], seed)
+        # x[train] is this fold's own copy: the head may standardise it in place (peak: x + one fold copy)
+        fitted, chosen, fit_seconds = fit_one(estimator, grid, x[train], y[train], seed, owned=True)
         metrics, predicted = scores(fitted, x[held_out], y[held_out], n_classes)
     return {**metrics, "fit_seconds": fit_seconds, "chosen_params": chosen, **sweeps.outcome(fitted)}, predicted
 

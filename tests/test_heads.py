@@ -107,9 +107,13 @@ def test_standardisation_is_fitted_on_training_rows_only(monkeypatch, root):
     seen = []
 
     class SpyScaler(featcache.heads.base.StandardScaler):
-        def fit(self, z, y=None, sample_weight=None):
-            seen.append(set(z[:, 0].astype(int)))
-            return super().fit(z, y, sample_weight)
+        """Fitted chunk by chunk: one set of rows per scaler."""
+
+        def partial_fit(self, z, y=None, sample_weight=None):
+            if not hasattr(self, "n_samples_seen_"):
+                seen.append(set())
+            seen[-1].update(z[:, 0].astype(int))
+            return super().partial_fit(z, y, sample_weight)
 
     monkeypatch.setattr(featcache.heads.base, "StandardScaler", SpyScaler)
     folds = evaluation.fold_indices(y, 4, seed=0)

@@ -14,11 +14,12 @@ class KNNHead(Head):
     parameter_rules = Head.parameter_rules | {"n_neighbors": [POSITIVE_INT], "weights": [Options("uniform", "distance")]}
     sweep = Sweep("n_neighbors", (1, 3, 5, 10, 20, 50, 100))
 
-    def __init__(self, n_neighbors=10, weights="distance", pca=None, random_state=0):
+    def __init__(self, n_neighbors=10, weights="distance", pca=None, random_state=0, copy=True):
         self.n_neighbors = n_neighbors
         self.weights = weights
         self.pca = pca
         self.random_state = random_state
+        self.copy = copy
 
     def _fit(self, z, codes):
         k = min(self.n_neighbors, len(z))

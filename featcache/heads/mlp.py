@@ -34,7 +34,7 @@ class MLPHead(Head):
     sweep = Sweep("l2", (1e-6, 1e-5, 1e-4, 1e-3, 1e-2), also={"dropout": (0.0, 0.5)})
 
     def __init__(self, units=1024, dropout=0.5, epochs=30, batch_size=256, learning_rate=1e-3, optimizer="adam",
-                 patience=3, validation_fraction=0.1, l2=0.0, class_weight=None, pca=None, random_state=0):
+                 patience=3, validation_fraction=0.1, l2=0.0, class_weight=None, pca=None, random_state=0, copy=True):
         self.units = units
         self.dropout = dropout
         self.epochs = epochs
@@ -47,6 +47,7 @@ class MLPHead(Head):
         self.class_weight = class_weight
         self.pca = pca
         self.random_state = random_state
+        self.copy = copy
 
     def _fit(self, z, codes):
         from featcache.backend import keras

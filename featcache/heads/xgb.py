@@ -31,7 +31,7 @@ class XGBoostHead(Head):
 
     def __init__(self, n_estimators=200, learning_rate=0.3, max_depth=4, max_bin=64, subsample=0.8,
                  colsample_bytree=0.5, early_stopping_rounds=10, validation_fraction=0.1, device="auto",
-                 class_weight=None, pca=64, random_state=0):
+                 class_weight=None, pca=64, random_state=0, copy=True):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.max_depth = max_depth
@@ -44,6 +44,7 @@ class XGBoostHead(Head):
         self.class_weight = class_weight
         self.pca = pca
         self.random_state = random_state
+        self.copy = copy
 
     def _fit(self, z, codes):
         from xgboost import XGBClassifier
