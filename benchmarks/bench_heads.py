@@ -51,15 +51,15 @@ def features_of(x, y):
 
 
 def speed(names, full):
-    from featcache import cv
+    from featcache import cv, evaluation, heads
 
     x, y = synthetic()
     features = features_of(x, y)
-    folds = cv.fold_indices(y, 6, seed=0)
+    folds = evaluation.fold_indices(y, 6, seed=0)
     rows, data = [], {}
     for name in names:
         started = time.perf_counter()
-        metrics, _ = cv.cross_validate_head(name, {}, {}, features, folds if full else folds[:1])
+        metrics, _ = cv.cross_validate_head(heads.make_head(name), {}, features, folds if full else folds[:1])
         wall = time.perf_counter() - started
         fold_fit = float(np.mean([m["fit_seconds"] for m in metrics]))
         fold_predict = float(np.mean([m["predict_seconds"] for m in metrics]))

@@ -54,7 +54,8 @@ def main():
     started = time.perf_counter()
     saved = []
     for label_set in cache.label_sets:
-        saved += fit_heads(names, load_features(cache, label_set), folds=args.folds, test=True, jobs=args.jobs)
+        estimators = {name: heads.make_head(name) for name in names}
+        saved += fit_heads(estimators, load_features(cache, label_set), folds=args.folds, test=True, jobs=args.jobs)
     minutes = (time.perf_counter() - started) / 60
     report = build_report(saved, RESULTS / args.name, title=f"{args.dataset.split('/')[-1]}: every head on "
                                                             f"{args.backbone} features")
