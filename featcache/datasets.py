@@ -97,12 +97,14 @@ class FileImages:
 
     def known_fingerprint(self) -> str | None:
         """The fingerprint when the index knows every file as it is now (no file is read); else None."""
-        contents = [self.index.known(path) for path in self.paths]
+        index = self.index
+        contents = [index.known(path) for path in self.paths]
         return None if None in contents else _hash_names(self.paths, contents)
 
     def stat_fingerprint(self) -> str:
         """A hash of the files' names and stats: the same files, untouched, give the same value."""
-        return _hash_names(self.paths, [self.index.stat_text(path) for path in self.paths])
+        index = self.index
+        return _hash_names(self.paths, [index.stat_text(path) for path in self.paths])
 
     def save_index(self) -> None:
         self.index.save()

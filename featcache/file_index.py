@@ -54,7 +54,7 @@ class FileIndex:
 
     def known(self, path, algorithm: str = "blake2b") -> str | None:
         """The file's content hash if the index has it for the file as it is now; None otherwise."""
-        entry = self.entries.get(str(Path(path).resolve()))
+        entry = self.entries.get(os.path.abspath(path))
         return entry.get(algorithm) if entry and entry["stat"] == _stat(path) else None
 
     @contextlib.contextmanager
@@ -69,7 +69,7 @@ class FileIndex:
         return " ".join(map(str, _stat(path)))
 
     def _remember(self, path, stat: list, algorithm: str, digest: str) -> None:
-        name = str(Path(path).resolve())
+        name = os.path.abspath(path)
         entry = self.entries.get(name)
         if entry is None or entry["stat"] != stat:
             entry = self.entries[name] = {"stat": stat}
