@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 RESULTS = Path(__file__).resolve().parent / "results"
+if str(ROOT) not in sys.path:  # this checkout's featcache before any installed one
+    sys.path.insert(0, str(ROOT))
 
 
 def skip_unless(*paths):
