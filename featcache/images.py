@@ -19,7 +19,6 @@ import numpy as np
 
 from featcache.errors import FeatcacheError
 
-PREFETCH = 2  # batches decoded ahead of the one the device is computing
 
 
 def affine_preprocessing(preprocess) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +93,9 @@ def read_batch(images, first: int, last: int, size: int) -> np.ndarray:
 
 
 class HostBatches:
-    """float32 batches of rows start..stop of an image source, decoded by ``workers`` threads, ``PREFETCH``
-    batches ahead. Iterate to get them in order; ``len()`` is the number of batches.
+    """float32 batches of rows start..stop of an image source, decoded by ``workers`` threads, one batch each,
+    so up to ``workers`` batches are read ahead of the device. Iterate to get them in order; ``len()`` is the
+    number of batches.
 
     Batches of mixed sizes are resized to ``size`` on the host (:func:`read_batch`).
     """
@@ -110,10 +110,10 @@ class HostBatches:
 
     def __iter__(self):
         with ThreadPoolExecutor(self.workers) as pool:
-            pending = [pool.submit(read_batch, self.images, *b, self.size) for b in self.bounds[:PREFETCH + 1]]
+            pending = [pool.submit(read_batch, self.images, *b, self.size) for b in self.bounds[:self.workers]]
             for index in range(len(self.bounds)):
                 batch = pending[index].result()
-                following = index + PREFETCH + 1
+                following = index + self.workers
                 if following < len(self.bounds):
                     pending.append(pool.submit(read_batch, self.images, *self.bounds[following], self.size))
                 pending[index] = None  # let the batch go once it is handed out
