@@ -389,22 +389,25 @@ class BackboneSpec:
     options: tuple = ()  # sorted (key, value) pairs of constructor options, e.g. (("alpha", 0.35),)
     seed: int = 0  # only matters for weights="none"
     preset: str = ""  # hub backbones: the preset's versioned handle or folder
+    resize: str = "stretch"  # "stretch" to the square, or "crop": shorter side to size / CROP_FRACTION, centre crop
 
     @property
     def backbone(self) -> Backbone:
         return get_backbone(HUB_PREFIX + self.preset if self.preset else self.name)
 
     def to_record(self) -> dict:
-        """The spec as plain JSON (what cache provenance stores as its "backbone"); ``preset`` only for hub ones."""
+        """The spec as plain JSON (what cache provenance stores as its "backbone"); ``preset`` only for hub ones,
+        ``resize`` only when it is not the default stretch (so earlier records and keys are unchanged)."""
         record = {**asdict(self), "options": dict(self.options)}
-        return record if self.preset else {key: value for key, value in record.items() if key != "preset"}
+        return {key: value for key, value in record.items()
+                if not (key == "preset" and not self.preset or key == "resize" and self.resize == "stretch")}
 
     @classmethod
     def from_record(cls, record: dict) -> "BackboneSpec":
         """The spec of :meth:`to_record`'s dict, validated again."""
         name = HUB_PREFIX + record["preset"] if record.get("preset") else record["name"]
         return make_spec(name, record["input_size"], record["pooling"], record["weights"], record["options"],
-                         record["seed"])
+                         record["seed"], record.get("resize", "stretch"))
 
 
 def check_options(backbone: Backbone, options: dict, weights: str) -> dict:
@@ -421,7 +424,12 @@ def check_options(backbone: Backbone, options: dict, weights: str) -> dict:
     return values
 
 
-def make_spec(name, input_size=None, pooling=None, weights="imagenet", options=None, seed=0) -> BackboneSpec:
+RESIZES = ("stretch", "crop")
+CROP_FRACTION = 0.875  # timm's default crop_pct: the centre 87.5% of the shorter side, as most backbones were evaluated
+
+
+def make_spec(name, input_size=None, pooling=None, weights="imagenet", options=None, seed=0,
+              resize="stretch") -> BackboneSpec:
     """Validate the user's choices once and fill in the backbone's defaults (pooling: its first); builds and
     downloads nothing (a hub preset's small config files excepted).
 
@@ -439,8 +447,9 @@ def make_spec(name, input_size=None, pooling=None, weights="imagenet", options=N
                                     f"{backbone.pretrained}, none, or the path of an existing weights file")])
     if weights not in (backbone.pretrained, "none"):
         weights = str(Path(weights).resolve())  # records must find it again from any folder
+    check("resize", resize, [Options(*RESIZES)])
     return BackboneSpec(backbone.name, int(size), pooling, weights, tuple(sorted(values.items())), int(seed),
-                        backbone.preset)
+                        backbone.preset, resize)
 
 
 def keras_home() -> Path:

@@ -49,6 +49,7 @@ import h5py
 import numpy as np
 
 from featcache import files, formats, paths
+from featcache.backbones import CROP_FRACTION
 from featcache.errors import FeatcacheError
 from featcache.files import atomic_path, lock_held, write_atomically
 
@@ -77,7 +78,7 @@ def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str, compute)
         "pooling": spec.pooling,
         "weights": weights_hash or f"random-seed-{spec.seed}",
         "preprocessing": f"{spec.backbone.module}.preprocess_input",
-        "resize": "bilinear",
+        "resize": "bilinear" if spec.resize == "stretch" else f"crop-{CROP_FRACTION}",
         "dtype": dtype,
         "compute": compute.to_record(),
     }

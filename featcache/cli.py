@@ -13,7 +13,7 @@ import sys
 import click
 
 from featcache._version import __version__
-from featcache.backbones import POOLINGS
+from featcache.backbones import CROP_FRACTION, POOLINGS, RESIZES
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.compute import PRECISIONS
 from featcache.extract import DTYPES, extract as extract_features
@@ -135,6 +135,8 @@ def backbone_options(command):
                                        "[default: the backbone's own]"),
         click.option("--alpha", type=click.FloatRange(0, min_open=True),
                      help="Width multiplier of mobilenet / mobilenetv2 (same as --backbone-option alpha=A)."),
+        click.option("--resize", type=click.Choice(RESIZES), default=RESIZES[0], show_default=True,
+                     help=f"stretch to the square input, or crop: shorter side to size / {CROP_FRACTION}, centre crop."),
         click.option("--backbone-option", "backbone_option", multiple=True, metavar="KEY=VALUE",
                      callback=lambda ctx, param, items: dict(_pairs(items)),
                      help="A constructor option of the backbone (repeatable); `featcache backbones` lists them."),
@@ -152,11 +154,11 @@ def model_defaults(name: str, *models) -> str:
     return "[default: " + ", ".join(f"{m} {getattr(MODEL_DEFAULTS[m], name)}" for m in shown) + "]"
 
 
-def make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option):
+def make_backbone_spec(backbone, input_size, pooling, weights, alpha, resize, backbone_option):
     from featcache.backbones import make_spec
 
     options = {**backbone_option, **({"alpha": alpha} if alpha is not None else {})}
-    return make_spec(backbone, input_size, pooling, weights, options or None)
+    return make_spec(backbone, input_size, pooling, weights, options or None, resize=resize)
 
 
 @click.group(cls=Group)
@@ -192,12 +194,12 @@ def main(ctx, cache_dir, verbose):
 @cluster_options
 @click.option("--consolidate", is_flag=True, help="Copy a sharded result (--scheduler/--workers) into one file.")
 @click.pass_obj
-def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alpha, backbone_option, batch_size, dtype,
-            precision, xla, skip_bad, force, scheduler, workers, consolidate):
+def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alpha, resize, backbone_option, batch_size,
+            dtype, precision, xla, skip_bad, force, scheduler, workers, consolidate):
     """Run a backbone once over a dataset and cache its pooled features."""
     from featcache.datasets import load_dataset
 
-    spec = make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option)
+    spec = make_backbone_spec(backbone, input_size, pooling, weights, alpha, resize, backbone_option)
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
     for note in data.notes:
         click.echo(f"note: {note}", err=True)
@@ -454,15 +456,15 @@ def _training_options(command):
               help="Start phase 1 from this mlp head record, fitted on this backbone's cached features.")
 @_training_options
 @click.pass_obj
-def finetune(obj, backbone, weights, input_size, pooling, alpha, backbone_option, unfreeze, epochs, finetune_epochs,
-             learning_rate, finetune_learning_rate, batch_size, augment, init_head_ref, dataset, data_dir, skip_bad,
-             label_set, folds, seed, val_split, patience, resume):
+def finetune(obj, backbone, weights, input_size, pooling, alpha, resize, backbone_option, unfreeze, epochs,
+             finetune_epochs, learning_rate, finetune_learning_rate, batch_size, augment, init_head_ref, dataset,
+             data_dir, skip_bad, label_set, folds, seed, val_split, patience, resume):
     """Fine-tune a pretrained backbone in two phases: a new head, then the top blocks."""
     from featcache.datasets import load_dataset
     from featcache.finetune import finetune as run_finetune
     from featcache.records import load_record
 
-    spec = make_backbone_spec(backbone, input_size, pooling, weights, alpha, backbone_option)
+    spec = make_backbone_spec(backbone, input_size, pooling, weights, alpha, resize, backbone_option)
     settings = FinetuneSettings(epochs=epochs, finetune_epochs=finetune_epochs, unfreeze=unfreeze,
                                 learning_rate=learning_rate, finetune_learning_rate=finetune_learning_rate,
                                 batch_size=batch_size, augment=augment)

@@ -28,6 +28,7 @@ from featcache.backbones import imagenet_weights_path, weights_sha256
 from featcache.datasets import ArrayImages, FileImages
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.extract import RULES, ExtractResult, _cached, _provenance, _row_ranges, compute_rows
+from featcache.images import Framing
 from featcache.images import feature_model, forward, largest_batch
 from featcache.params import Rule, check, validate
 
@@ -107,7 +108,7 @@ def extract_shard(shard: Shard, images, stem: str, manifest: dict, weights_hash,
     run = forward(worker_model(spec, settings, weights_hash)[0], batch_size)
     computed = 0
     for start, end in _row_ranges(missing, total):
-        compute_rows(images, shard.split, start, end, run, partial, batch_size, spec.input_size, manifest["dtype"],
+        compute_rows(images, shard.split, start, end, run, partial, batch_size, Framing.of(spec), manifest["dtype"],
                      offset=shard.start)
         computed += end - start
     cache.write_shard_file(target, partial, shard.split, shard.start, shard.stop)

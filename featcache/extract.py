@@ -18,7 +18,7 @@ import numpy as np
 from featcache import cache, compute, records
 from featcache.backbones import BackboneSpec, imagenet_weights_path, weights_sha256
 from featcache.datasets import Dataset
-from featcache.images import HostBatches, feature_model, forward, largest_batch
+from featcache.images import Framing, HostBatches, feature_model, forward, largest_batch
 from featcache.params import Options, Rule, validate
 
 DTYPES = ("float32", "float16")
@@ -146,16 +146,16 @@ def _run(dataset, spec, model, partial, rows, batch_size, dtype, progress) -> in
         for split, ranges in todo.items():
             for start, end in ranges:
                 compute_rows(dataset.splits[split].images, split, start, end, run, partial, batch_size,
-                             spec.input_size, dtype, bar.update)
+                             Framing.of(spec), dtype, bar.update)
     return computed
 
 
-def compute_rows(images, split, start, end, run, partial, batch_size, size, dtype, advance=None, offset=0):
+def compute_rows(images, split, start, end, run, partial, batch_size, framing, dtype, advance=None, offset=0):
     """Rows start..end (whole chunks) of one split through ``run``, written chunk by chunk into ``partial``;
     ``advance(rows)`` after every batch. ``images`` holds the split's rows from ``offset`` on. Sharded
     extraction (:mod:`featcache.distributed`) runs it on workers."""
     chunk, index = [], start // cache.CHUNK_ROWS
-    for batch in HostBatches(images, start - offset, end - offset, batch_size, size):
+    for batch in HostBatches(images, start - offset, end - offset, batch_size, framing):
         chunk.append(run(batch).astype(dtype))
         if advance:
             advance(len(chunk[-1]))

@@ -26,7 +26,8 @@ from featcache import records
 from featcache.backbones import BackboneSpec, build_feature_model, get_backbone, weights_sha256
 from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError, ParameterError
-from featcache.images import preprocessing_layers
+from featcache.images import affine_layer
+from featcache.params import Options, check
 from featcache.settings import FinetuneSettings, TrainOptions
 from featcache.training import Phase, augmentation, compile_model, precision_policy, train_and_evaluate
 
@@ -165,7 +166,7 @@ class FinetuneRecipe:
 
     def input_layers(self) -> list:
         augment = augmentation(flip=True, shift=0.1, rotation=0.05, zoom=0.1) if self.config.augment else []
-        return augment + preprocessing_layers(self.spec.input_size, self.spec.backbone.preprocess_input())[1:]
+        return augment + [affine_layer(self.spec.input_size, self.spec.backbone.preprocess_input())]
 
 
 def finetune(dataset: Dataset, spec: BackboneSpec, settings: FinetuneSettings = FinetuneSettings(),
@@ -178,6 +179,7 @@ def finetune(dataset: Dataset, spec: BackboneSpec, settings: FinetuneSettings = 
     """
     settings.check()
     options.check()
+    check("resize", spec.resize, [Options("stretch")], owner="finetune (its images are stretched)")
     if settings.unfreeze:  # a bad --unfreeze fails before any training; layer names do not depend on weights
         unfreeze_top_blocks(build_feature_model(replace(spec, weights="none")), spec.backbone,
                             settings.unfreeze)

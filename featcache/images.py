@@ -3,7 +3,7 @@
 Host side (:class:`HostBatches`): rows of an image source are decoded in a pool of threads (Pillow
 releases the GIL while it decodes) and stacked into float32 batches, a few batches ahead of the
 device. A batch of images of one size is stacked as it is; a batch of mixed sizes is first resized
-image by image with :func:`resize_one`, the same bilinear resize the model applies, so a batch
+image by image with :meth:`Framing.resize_one`, the same resize the model applies, so a batch
 always has one shape and an image gets the same features in either kind of batch.
 
 Device side (:func:`feature_model`): one Keras model maps a batch to features: cast, bilinear
@@ -14,6 +14,7 @@ ops, so it runs under any Keras backend.
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -37,16 +38,52 @@ def affine_preprocessing(preprocess) -> tuple[np.ndarray, np.ndarray]:
     return kernel.astype(np.float32), bias.astype(np.float32)
 
 
-def preprocessing_layers(size: int, preprocess, name: str = "preprocess"):
-    """Layers mapping float pixels of any size to the backbone's input: bilinear resize, affine preprocessing."""
+@dataclass(frozen=True)
+class Framing:
+    """How an image becomes the backbone's square input of ``size``: stretched to it, or (``crop``) its
+    shorter side scaled to size / CROP_FRACTION and the centre size x size kept, as most pretrained
+    backbones were evaluated. The host resizes a batch of mixed sizes with the first layer alone (to
+    ``first`` pixels square), which the model's own first layer then leaves as it is."""
+
+    size: int
+    crop: bool = False
+
+    @classmethod
+    def of(cls, spec) -> "Framing":
+        return cls(spec.input_size, spec.resize == "crop")
+
+    @property
+    def first(self) -> int:
+        from featcache.backbones import CROP_FRACTION
+
+        return round(self.size / CROP_FRACTION) if self.crop else self.size
+
+    def layers(self) -> list:
+        from featcache.backend import keras
+
+        resize = keras.layers.Resizing(self.first, self.first, interpolation="bilinear", crop_to_aspect_ratio=self.crop,
+                                       name="resize")
+        return [resize, keras.layers.CenterCrop(self.size, self.size, name="centre_crop")] if self.crop else [resize]
+
+    def resize_one(self, pixels: np.ndarray) -> np.ndarray:
+        """One uint8 image (h, w, 3) as float32 through the model's own first resize layer."""
+        from featcache.backend import keras
+
+        if pixels.shape[:2] == (self.first, self.first):
+            return pixels.astype(np.float32)
+        resized = self.layers()[0](pixels[None].astype(np.float32))
+        return np.asarray(keras.ops.convert_to_numpy(resized))[0]
+
+
+def affine_layer(size: int, preprocess, name: str = "preprocess"):
+    """The backbone's preprocessing as a fixed 1x1 convolution (see :func:`affine_preprocessing`)."""
     from featcache.backend import keras
 
     kernel, bias = affine_preprocessing(preprocess)
-    resize = keras.layers.Resizing(size, size, interpolation="bilinear", name="resize")
     affine = keras.layers.Conv2D(3, 1, name=name, trainable=False)
     affine.build((None, size, size, 3))
     affine.set_weights([kernel.reshape(1, 1, 3, 3), bias])
-    return [resize, affine]
+    return affine
 
 
 def feature_model(spec, compute=None, input_dtype: str = "float32"):
@@ -60,7 +97,7 @@ def feature_model(spec, compute=None, input_dtype: str = "float32"):
 
     images = keras.Input((None, None, 3), dtype=input_dtype, name="images")
     x = keras.layers.Rescaling(1.0, name="to_float")(images)  # a cast that every backend saves and loads
-    for layer in preprocessing_layers(spec.input_size, spec.backbone.preprocess_input()):
+    for layer in [*Framing.of(spec).layers(), affine_layer(spec.input_size, spec.backbone.preprocess_input())]:
         x = layer(x)
     mixed = compute is not None and compute.precision == "mixed"
     with dtype_policy(mixed_policy() if mixed else None):
@@ -71,25 +108,15 @@ def feature_model(spec, compute=None, input_dtype: str = "float32"):
     return model
 
 
-def resize_one(pixels: np.ndarray, size: int) -> np.ndarray:
-    """One uint8 image (h, w, 3) resized to (size, size, 3) float32 by the model's own bilinear resize."""
-    from featcache.backend import keras
-
-    if pixels.shape[:2] == (size, size):
-        return pixels.astype(np.float32)
-    resized = keras.layers.Resizing(size, size, interpolation="bilinear")(pixels[None].astype(np.float32))
-    return np.asarray(keras.ops.convert_to_numpy(resized))[0]
-
-
-def read_batch(images, first: int, last: int, size: int) -> np.ndarray:
+def read_batch(images, first: int, last: int, framing: Framing) -> np.ndarray:
     """Rows first..last of an image source as one float32 batch, at their own size when they share one,
-    else each resized to ``size`` first (with the model's own resize, so the features are the same)."""
+    else each resized first (by the model's own first layer, so the features are the same)."""
     if hasattr(images, "read"):  # rows of one array
         return np.asarray(images.read(first, last), dtype=np.float32)
     pixels = [images.read_one(i) for i in range(first, last)]
     if len({p.shape for p in pixels}) == 1:
         return np.stack(pixels).astype(np.float32)
-    return np.stack([resize_one(p, size) for p in pixels])
+    return np.stack([framing.resize_one(p) for p in pixels])
 
 
 class HostBatches:
@@ -97,11 +124,12 @@ class HostBatches:
     so up to ``workers`` batches are read ahead of the device. Iterate to get them in order; ``len()`` is the
     number of batches.
 
-    Batches of mixed sizes are resized to ``size`` on the host (:func:`read_batch`).
+    Batches of mixed sizes are resized on the host as ``framing`` says (:func:`read_batch`).
     """
 
-    def __init__(self, images, start: int, stop: int, batch_size: int, size: int, workers: int | None = None):
-        self.images, self.size = images, size
+    def __init__(self, images, start: int, stop: int, batch_size: int, framing: Framing,
+                 workers: int | None = None):
+        self.images, self.framing = images, framing
         self.bounds = [(first, min(first + batch_size, stop)) for first in range(start, stop, batch_size)]
         self.workers = workers or min(8, (os.cpu_count() or 1) + 1)
 
@@ -110,12 +138,12 @@ class HostBatches:
 
     def __iter__(self):
         with ThreadPoolExecutor(self.workers) as pool:
-            pending = [pool.submit(read_batch, self.images, *b, self.size) for b in self.bounds[:self.workers]]
+            pending = [pool.submit(read_batch, self.images, *b, self.framing) for b in self.bounds[:self.workers]]
             for index in range(len(self.bounds)):
                 batch = pending[index].result()
                 following = index + self.workers
                 if following < len(self.bounds):
-                    pending.append(pool.submit(read_batch, self.images, *self.bounds[following], self.size))
+                    pending.append(pool.submit(read_batch, self.images, *self.bounds[following], self.framing))
                 pending[index] = None  # let the batch go once it is handed out
                 yield batch
 

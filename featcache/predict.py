@@ -20,7 +20,7 @@ from featcache.compute import Compute, backend_name
 from featcache.datasets import IMAGE_SUFFIXES, open_images
 from featcache.errors import FeatcacheError
 from featcache.evaluation import class_scores
-from featcache.images import HostBatches, feature_model, forward, preprocessing_layers
+from featcache.images import Framing, HostBatches, affine_layer, feature_model, forward
 from featcache.params import Interval, check
 
 TRAINED_KINDS = ("finetune", "scratch")  # records whose saved model takes images, not features
@@ -171,7 +171,7 @@ def head_on_features(record: dict, batch_size: int, n_classes: int):
     run = forward(feature_model(spec, recorded_compute(record)), batch_size)
     if record["features"]["weights_sha256"] != weights_sha256(spec):
         raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
-    return (lambda images: HostBatches(images, 0, len(images), batch_size, spec.input_size),
+    return (lambda images: HostBatches(images, 0, len(images), batch_size, Framing.of(spec)),
             lambda batch: probabilities(head, run(batch), n_classes))
 
 
@@ -186,7 +186,7 @@ def trained_model(record: dict, batch_size: int):
     if record["model"].get("takes") == "preprocessed":  # saved by featcache-result/1: add its input layers
         model = with_input_layers(model, record["model"])
     run = forward(model, batch_size)
-    return (lambda images: HostBatches(images, 0, len(images), batch_size, record["model"]["input_size"]),
+    return (lambda images: HostBatches(images, 0, len(images), batch_size, Framing(record["model"]["input_size"])),
             lambda batch: run(batch).astype(np.float64))
 
 
@@ -195,8 +195,9 @@ def with_input_layers(model, provenance: dict):
     from featcache.backend import keras
 
     size, backbone = provenance["input_size"], provenance.get("backbone")
-    layers = preprocessing_layers(size, get_backbone(backbone["name"]).preprocess_input()) if backbone else \
-        preprocessing_layers(size, lambda pixels: pixels)[:1]
+    layers = Framing(size).layers()
+    if backbone:
+        layers.append(affine_layer(size, get_backbone(backbone["name"]).preprocess_input()))
     images = keras.Input((None, None, 3), name="images")
     x = images
     for layer in layers:

@@ -37,7 +37,7 @@ from featcache.datasets import Dataset
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
 from featcache.files import check_writable, write_json
-from featcache.images import HostBatches, forward, read_batch
+from featcache.images import Framing, HostBatches, forward, read_batch
 from featcache.settings import TrainOptions
 
 STATE_FILE = "state.json"
@@ -152,7 +152,7 @@ class LabelledBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         rows = self.order()[index * self.batch_size:(index + 1) * self.batch_size]
-        return read_batch(Subset(self.images, rows), 0, len(rows), self.size), self.labels[rows]
+        return read_batch(Subset(self.images, rows), 0, len(rows), Framing(self.size)), self.labels[rows]
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -182,8 +182,8 @@ def augmentation(flip: bool = True, shift: float = 0.0, rotation: float = 0.0, z
 def full_model(recipe: Recipe, n_classes: int, images, rows: np.ndarray):
     """Images of any size (float32 pixels) -> resize -> the recipe's input layers -> its model, as one model."""
     inputs = keras.Input((None, None, 3), name="images")
-    x = keras.layers.Resizing(recipe.input_size, recipe.input_size, interpolation="bilinear", name="resize")(inputs)
-    for layer in recipe.input_layers():
+    x = inputs
+    for layer in [*Framing(recipe.input_size).layers(), *recipe.input_layers()]:
         x = layer(x)
     return keras.Model(inputs, recipe.build(x, n_classes, images, rows), name=recipe.name.replace("-", "_"))
 
@@ -338,7 +338,7 @@ class KerasClassifier:
 
     def predict_proba(self, images) -> np.ndarray:
         run = forward(self.model, self.recipe.batch_size)
-        batches = HostBatches(images, 0, len(images), self.recipe.batch_size, self.recipe.input_size)
+        batches = HostBatches(images, 0, len(images), self.recipe.batch_size, Framing(self.recipe.input_size))
         return np.concatenate([run(batch) for batch in batches]).astype(np.float64)
 
 

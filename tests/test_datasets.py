@@ -173,9 +173,9 @@ def test_exif_orientation_and_transparent_modes_decode_as_viewers_show_them(tmp_
     assert np.array_equal(decoded["grey_alpha.png"][:, :, 1], [[255, 90], [90, 255]])
     with Image.open(tmp_path / "b" / "cmyk.jpg") as cmyk:
         assert np.array_equal(decoded["cmyk.jpg"], np.asarray(cmyk.convert("RGB")))
-    from featcache.images import read_batch  # a rotated image stacks with an upright one of its shown size
+    from featcache.images import Framing, read_batch  # a rotated image stacks with an upright one of its shown size
 
-    assert read_batch(FileImages([tmp_path / "a" / n for n in ("rotated.png", "img000.png")]), 0, 2, 8).shape[1:3] \
+    assert read_batch(FileImages([tmp_path / "a" / n for n in ("rotated.png", "img000.png")]), 0, 2, Framing(8)).shape[1:3] \
         == np.rot90(pixels, k=-1).shape[:2]
 
 

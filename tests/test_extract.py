@@ -290,3 +290,29 @@ def test_a_finished_folder_extraction_leaves_no_in_progress_folder_even_if_kille
     leftover, = (root / "features").glob("*.partial")
     assert leftover.stem != result.path.stem
     assert [e["status"] for e in cache.list_entries(root)] == ["complete"] and not leftover.exists()
+
+
+def test_the_crop_policy_keys_its_own_cache_and_predict_and_export_apply_it(tmp_path, root, small_spec):
+    """--resize crop: the shorter side to size / CROP_FRACTION, then the centre; on a photo-shaped folder the
+    features differ from the stretched ones, come from the centre only, and predict rebuilds the same."""
+    from featcache.backbones import CROP_FRACTION
+    from featcache.images import Framing, feature_model, forward
+
+    write_images(tmp_path / "imgs" / "a", 2, size=(48, 32))
+    write_images(tmp_path / "imgs" / "b", 2, size=(48, 32), seed=1)
+    data = load_dataset(f"folder:{tmp_path / 'imgs'}")
+    crop = replace(small_spec, resize="crop")
+    stretched, cropped = (extract(data, spec, root, progress=False) for spec in (small_spec, crop))
+    assert stretched.path != cropped.path and crop.to_record()["resize"] == "crop"
+    assert "resize" not in small_spec.to_record()  # records and keys of the default are as before
+    features = cache.FeatureCache(cropped.path).features("all")
+    other = cache.FeatureCache(stretched.path).features("all")
+    assert np.abs(features - other).max() > 0.01 * np.abs(other).max()  # (random weights: features near 1e-11)
+    images = data.splits["all"].images
+    side = round(32 / CROP_FRACTION)  # 37: the 48 x 32 photo becomes 55 x 37, the centre 32 x 32 is kept
+    assert Framing.of(crop).first == side
+    edited = images.read_one(0).copy()
+    edited[:, :4] = 255  # the left edge is outside the centre crop
+    run = forward(feature_model(crop), 4)
+    np.testing.assert_allclose(run(edited[None].astype("float32")), features[:1], rtol=1e-4,
+                               atol=1e-4 * np.abs(features).max())
