@@ -646,6 +646,26 @@ def predict(obj, record_ref, inputs, dataset, label_set, top_k, out_csv, batch_s
 
 
 @main.command()
+@click.option("--result", "record_ref", required=True, help="A record id or folder.")
+@click.option("--dataset", required=True,
+              help="A labelled dataset the model never saw: folder:PATH, cifar10, ... (its test split when it has one, "
+                   "else every image).")
+@click.option("--data-dir", type=click.Path(exists=True), help="Local copy of the dataset (CIFAR python format, tiny-imagenet-200).")
+@click.option("--label", "label_set", help="The dataset's label set (default: the record's, else the dataset's first).")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.pass_obj
+def evaluate(obj, record_ref, dataset, data_dir, label_set, batch_size):
+    """Score a record's model on a labelled dataset it never saw; save the scores as an evaluation record."""
+    from featcache.datasets import load_dataset
+    from featcache.evaluate import evaluate as run_evaluate
+    from featcache.records import load_record
+
+    record = load_record(record_ref, obj["root"])
+    data = load_dataset(dataset, data_dir)
+    _print_results([run_evaluate(record, data, label_set, batch_size, obj["root"])])
+
+
+@main.command()
 @click.option("--result", "record_ref", default="best", show_default=True, help="A record id or folder, or best.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="A new, empty folder.")
 @click.option("--dataset", help="With --result best: only records of this dataset.")

@@ -146,10 +146,7 @@ def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad
     top_k = ranks(record, top_k)
     class_names = np.array(record["dataset"]["class_names"])
     images, _, skipped = open_images(collect_images(inputs), skip_bad)
-    if record["kind"] in TRAINED_KINDS:
-        batches, probabilities = trained_model(record, batch_size)
-    else:
-        batches, probabilities = head_on_features(record, batch_size, len(class_names))
+    batches, probabilities = record_pipeline(record, batch_size)
 
     def generate():
         row = 0
@@ -163,6 +160,14 @@ def predict(record: dict, inputs, top_k: int = 5, batch_size: int = 64, skip_bad
                 bar.update(len(proba))
 
     return generate(), skipped
+
+
+def record_pipeline(record: dict, batch_size: int):
+    """(images -> batches, batch -> probabilities over the record's classes) of the record's model:
+    :func:`trained_model` for finetune and scratch records, else :func:`head_on_features`."""
+    if record["kind"] in TRAINED_KINDS:
+        return trained_model(record, batch_size)
+    return head_on_features(record, batch_size, len(record["dataset"]["class_names"]))
 
 
 def head_on_features(record: dict, batch_size: int, n_classes: int):
