@@ -139,9 +139,11 @@ def test_record_round_trip(tmp_path):
     weights = tmp_path / "weights.h5"
     weights.write_bytes(b"")
     for spec in [make_spec("mobilenetv2", 48, "max", "none", {"alpha": "0.35"}, seed=3),
-                 make_spec("resnet50", weights=str(weights)), make_spec("mobilenet")]:
+                 make_spec("resnet50", weights=str(weights)), make_spec("mobilenet"),
+                 make_spec("resnet50", weights="none", resize="crop")]:
         record = spec.to_record()
-        fields = {key: value for key, value in asdict(spec).items() if key != "preset"}  # hub specs only
+        defaults = {"preset": "", "resize": "stretch"}  # left out when they are the default (hub only; crop only)
+        fields = {key: value for key, value in asdict(spec).items() if defaults.get(key, None) != value}
         assert record == {**fields, "options": dict(spec.options)} == json.loads(json.dumps(record))
         assert BackboneSpec.from_record(record) == spec
     with pytest.raises(ParameterError, match="alpha=0.3 must be one of"):
