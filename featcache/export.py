@@ -95,8 +95,6 @@ class ExportedModel:
         if "model" in files:
             self._model, self._head = keras.saving.load_model(self.folder / files["model"]), None
         else:
-            from featcache import heads
-
             self._model = keras.saving.load_model(self.folder / files["backbone"])
             self._head = heads.load_head(self.folder / files["head"])
 

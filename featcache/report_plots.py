@@ -49,12 +49,7 @@ def accuracy_vs_time_plot(labels, fit_seconds, means, stds) -> bytes:
     for i, (label, x, y, std) in enumerate(zip(wrapped, fit_seconds, _percent(means), _percent(stds))):
         ax.errorbar(x, y, yerr=std, fmt=MARKERS[i % len(MARKERS)], color=colours[i % len(colours)], capsize=3,
                     label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("fit time per fold (s, log scale)")
-    ax.set_ylabel("CV accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "fit time per fold (s, log scale)", "CV accuracy (%)", log=True, fontsize=8)
 
 
 def confusion_plot(matrix, class_names, title: str) -> bytes:
@@ -90,14 +85,9 @@ def sweep_plot(parameter: str, log: bool, final_curve: list[dict], fold_curves: 
             ax.plot(x, y, color="0.75", linewidth=0.8, label="CV folds" if number == 0 and not others else None)
     for others, (x, y) in _series(final_curve, parameter).items():
         ax.plot(x, y, marker="o", label=f"final fit {others}".rstrip())
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlabel(f"{parameter}{' (log scale)' if log else ''}")
-    ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", ncols=3, fontsize="small")
-    return _png(fig)
+    return _finish(fig, ax, f"{parameter}{' (log scale)' if log else ''}", "validation accuracy (%)", log=log,
+                   ncols=3, fontsize="small")
 
 
 def learning_curve_plot(labels, curves) -> bytes:
@@ -111,12 +101,7 @@ def learning_curve_plot(labels, curves) -> bytes:
         colour = colours[i % len(colours)]
         ax.fill_between(shots, runs.min(axis=1), runs.max(axis=1), color=colour, alpha=0.2)
         ax.plot(shots, runs.mean(axis=1), marker=MARKERS[i % len(MARKERS)], color=colour, label=label)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images per class (log scale)")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", fontsize=8)
-    return _png(fig)
+    return _finish(fig, ax, "training images per class (log scale)", "accuracy (%)", log=True, fontsize=8)
 
 
 def _series(curve: list[dict], parameter: str) -> dict[str, tuple]:
@@ -141,6 +126,17 @@ def _figure(width: float, height: float) -> Figure:
 def _percent(values) -> np.ndarray:
     """Fractions to percent; None (a missing value) becomes NaN, which matplotlib leaves out."""
     return 100 * np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, log: bool, **legend) -> bytes:
+    """Axis labels (log x when ``log``), a light grid and the legend under the plot; the PNG bytes."""
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", **legend)
+    return _png(fig)
 
 
 def _png(fig: Figure) -> bytes:

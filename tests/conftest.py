@@ -72,8 +72,6 @@ def write_cache(root: Path, x, y, x_test=None, y_test=None, class_names=None, sp
 def keras_home(tmp_path, monkeypatch):
     """An empty KERAS_HOME for the test, for featcache and for a Keras imported earlier in the session
     (Keras reads $KERAS_HOME once, when it is imported)."""
-    import featcache.backend
-
     path = tmp_path / "keras-home"
     (path / "models").mkdir(parents=True)
     monkeypatch.setenv("KERAS_HOME", str(path))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import write_images
 
-from featcache.datasets import FileImages, decode_image, load_dataset, open_images
+from featcache.datasets import FileImages, decode_image, load_dataset
 from featcache.errors import FeatcacheError
 
 
