@@ -113,6 +113,16 @@ def test_a_fused_record_keeps_every_provenance_and_reports(root, tmp_path):
     assert f"| 48 | avg | {b.key} |" in text
 
 
+def test_finetune_refuses_to_start_from_a_fused_head(root):
+    from featcache.finetune import init_head_file
+
+    a, b = pair(root)
+    record = cv.fit_heads({"mlp": heads.make_head("mlp", epochs=1)}, cv.load_features([a, b]), folds=2, root=root,
+                          progress=False)[0]
+    with pytest.raises(FeatcacheError, match="fitted on 2 fused caches"):
+        init_head_file(record, SPEC_32, "same", "label")
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """Images of 3 classes extracted at two input sizes, and logreg and mlp heads fitted on both fused (CLI)."""
