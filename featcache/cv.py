@@ -59,7 +59,7 @@ def load_features(caches, label_set: str | None = None) -> Features:
     features are fused: their columns side by side in the order given, once :func:`check_fusable` finds the
     same images in the same rows. float16 features stay float16 (the heads widen them a chunk at a time) when
     every cache's are; other dtypes become float32."""
-    caches = [caches] if isinstance(caches, FeatureCache) else list(caches)
+    caches = list(caches) if isinstance(caches, (list, tuple)) else [caches]
     if not caches:
         raise FeatcacheError("no cache to read features from: give at least one")
     first = caches[0]
