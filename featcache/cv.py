@@ -92,13 +92,14 @@ def check_fusable(first: FeatureCache, other: FeatureCache) -> None:
         return ", ".join(f"{name} ({len(classes)} classes)" for name, classes in found.class_names.items())
 
     if fingerprint(first) != fingerprint(other):
-        problem = f"they hold other images (dataset fingerprint {fingerprint(first)[:12]} vs {fingerprint(other)[:12]})"
+        problem = (f"they hold other images (dataset fingerprint {fingerprint(first)[:12]} vs "
+                   f"{fingerprint(other)[:12]})")
     elif first.rows != other.rows:
         problem = f"their splits differ ({rows(first)} vs {rows(other)})"
     elif first.class_names != other.class_names:
         problem = f"their label sets differ ({label_sets(first)} vs {label_sets(other)})"
     else:
-        problem = next((f"their {split} {name} labels differ row by row" for split in first.splits
+        problem = next((f"their {name!r} labels of the {split} split differ row by row" for split in first.splits
                         for name in first.label_sets
                         if not np.array_equal(first.labels(split, name), other.labels(split, name))), None)
     if problem:

@@ -69,13 +69,13 @@ def test_fused_caches_of_different_images_are_refused(root):
     last = result.output.strip().splitlines()[-1]
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert last.startswith("error: cannot fuse") and a.path.name in last and b.path.name in last
-    assert "dataset fingerprint images-one vs images-two" in last and "extract each backbone from the same dataset" in last
+    assert "dataset fingerprint images-one vs images-two" in last and "extract each backbone from the same" in last
     assert not records.list_records(root)
 
 
 @pytest.mark.parametrize("other, message", [
     ({"n_other": 57}, r"their splits differ \(train 60, test 12 vs train 57, test 12\)"),
-    ({"y_other": np.roll(np.arange(60) % 3, 1)}, "their train label labels differ row by row"),
+    ({"y_other": np.roll(np.arange(60) % 3, 1)}, "their 'label' labels of the train split differ row by row"),
     ({"classes_other": ["b", "g", "r"]}, r"their label sets differ \(label \(3 classes\) vs label \(3 classes\)\)"),
 ])
 def test_other_rows_or_labels_are_refused(root, other, message):
