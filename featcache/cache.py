@@ -120,13 +120,15 @@ class FeatureCache:
     def label_sets(self) -> list[str]:
         return list(self.class_names)
 
-    def features(self, split: str) -> np.ndarray:
+    def features(self, split: str, out: np.ndarray | None = None, column: int = 0) -> np.ndarray:
+        """The features of ``split``; with ``out`` (rows, any width), read into its columns from ``column`` on,
+        converted to its dtype, and ``out`` returned: fused caches fill one array, with no copy of each part."""
         self._check_split(split)
         with h5py.File(self.path, "r") as f:
             dataset = f[split]["features"]
-            out = np.empty(dataset.shape, dtype=dataset.dtype)
+            out = np.empty(dataset.shape, dtype=dataset.dtype) if out is None else out
             try:
-                dataset.read_direct(out)
+                dataset.read_direct(out, dest_sel=np.s_[:, column:column + dataset.shape[1]])
             except OSError as exc:
                 raise self._damaged(split, exc) from None
             return out

@@ -355,7 +355,9 @@ def cache_rm(obj, refs, yes):
 @click.option("--folds", type=int, default=6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Fold seed: same seed, same folds.")
 @click.option("--label", "label_set", help="Label set, e.g. fine or coarse (default: the cache's first).")
-@click.option("--cache", "cache_ref", help="Cache file or a prefix of its name (default: the most recent).")
+@click.option("--cache", "cache_refs", multiple=True,
+              help="Cache file or a prefix of its name (default: the most recent). Repeat it to fuse caches of the "
+                   "same images: their features side by side, in the order given.")
 @click.option("--backbone", help="Use the most recent cache of this backbone.")
 @click.option("--dataset", help="Use the most recent cache of this dataset.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", callback=key_values,
@@ -372,8 +374,8 @@ def cache_rm(obj, refs, yes):
 @click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: one per core).")
 @cluster_options
 @click.pass_obj
-def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, params, grid, test, sweep, shots, repeats,
-        jobs, scheduler, workers):
+def fit(obj, head_names, folds, seed, label_set, cache_refs, backbone, dataset, params, grid, test, sweep, shots,
+        repeats, jobs, scheduler, workers):
     """Fit heads on cached features with stratified k-fold cross-validation."""
     from featcache import heads
     from featcache.cache import FeatureCache, select
@@ -381,8 +383,9 @@ def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, p
 
     names = heads.available_heads() if head_names == "all" else [h.strip() for h in head_names.split(",")]
     estimators = {name: heads.make_head(name, **params) for name in names}
-    found = FeatureCache(select(obj["root"], cache_ref, backbone, dataset))
-    click.echo(f"features: {found.path.name} ({', '.join(f'{s} {n:,}' for s, n in found.rows.items())})")
+    found = [FeatureCache(select(obj["root"], ref, backbone, dataset)) for ref in cache_refs or [None]]
+    rows = ", ".join(f"{s} {n:,}" for s, n in found[0].rows.items())
+    click.echo(f"features: {' + '.join(f.path.name for f in found)} ({rows})")
     features = load_features(found, label_set)
     options = dict(sweep=sweep, shots=shots, repeats=repeats)
     if scheduler is not None or workers is not None:

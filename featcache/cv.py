@@ -1,6 +1,7 @@
 """Cross-validation of heads on cached features: the same stratified folds for every head and run.
 
-The features are read from HDF5 once per run (:func:`load_features`); each head (any scikit-learn
+The features are read from HDF5 once per run (:func:`load_features`), from one cache or fused from
+several caches of the same images (their columns side by side); each head (any scikit-learn
 classifier, cloned for every fit) is then fitted on each training fold (with an optional inner grid
 search that sees the training fold only), scored on the held-out fold, refitted on the whole
 training split, optionally scored on the test split, and written out as a result record with its
@@ -31,36 +32,90 @@ INNER_FOLDS = 3  # folds of the grid search inside each training fold
 
 @dataclass
 class Features:
-    """Everything a head needs from one cache, read once."""
+    """Everything a head needs from one cache (or several fused ones), read once."""
 
-    cache: FeatureCache
+    cache: FeatureCache  # the first cache: class names and dataset (all fused caches share them)
     label_set: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray | None
     y_test: np.ndarray | None
+    fused_with: tuple[FeatureCache, ...] = ()  # the caches whose columns follow ``cache``'s, in order
 
     @property
     def class_names(self) -> list[str]:
         return self.cache.class_names[self.label_set]
 
+    @property
+    def caches(self) -> list[FeatureCache]:
+        """Every cache whose columns the features hold, in column order."""
+        return [self.cache, *self.fused_with]
 
-def load_features(cache: FeatureCache, label_set: str | None = None) -> Features:
+
+def load_features(caches, label_set: str | None = None) -> Features:
     """Read the training split (and the test split, when there is one) into memory, checking them.
 
-    float16 caches stay float16 (the heads widen them a chunk at a time); other dtypes become float32."""
-    def kept(x: np.ndarray) -> np.ndarray:
-        return x if x.dtype == np.float16 else x.astype(np.float32, copy=False)
-
-    label_set = label_set or cache.label_sets[0]
-    train = "train" if "train" in cache.splits else cache.splits[0]
-    y_train = cache.labels(train, label_set)
-    x_train = _checked(kept(cache.features(train)), train)
+    ``caches``: one FeatureCache, or several of the same images (two backbones, input sizes or poolings), whose
+    features are fused: their columns side by side in the order given, once :func:`check_fusable` finds the
+    same images in the same rows. float16 features stay float16 (the heads widen them a chunk at a time) when
+    every cache's are; other dtypes become float32."""
+    caches = list(caches) if isinstance(caches, (list, tuple)) else [caches]
+    if not caches:
+        raise FeatcacheError("no cache to read features from: give at least one")
+    first = caches[0]
+    for other in caches[1:]:
+        check_fusable(first, other)
+    label_set = label_set or first.label_sets[0]
+    train = "train" if "train" in first.splits else first.splits[0]
+    y_train = first.labels(train, label_set)
+    x_train = _checked(_side_by_side(caches, train), train)
     x_test = y_test = None
-    if "test" in cache.splits and train != "test":
-        x_test = _checked(kept(cache.features("test")), "test")
-        y_test = cache.labels("test", label_set)
-    return Features(cache, label_set, x_train, y_train, x_test, y_test)
+    if "test" in first.splits and train != "test":
+        x_test = _checked(_side_by_side(caches, "test"), "test")
+        y_test = first.labels("test", label_set)
+    return Features(first, label_set, x_train, y_train, x_test, y_test, tuple(caches[1:]))
+
+
+def check_fusable(first: FeatureCache, other: FeatureCache) -> None:
+    """Refuse, in one line naming both caches, two caches whose rows are not the same images: another dataset
+    fingerprint, other splits or row counts, other label sets or class names, or labels that differ row by row."""
+    if other.key == first.key:
+        raise FeatcacheError(f"{first.path.name} is given twice: give each cache to fuse once")
+
+    def rows(found):
+        return ", ".join(f"{split} {n}" for split, n in found.rows.items())
+
+    def fingerprint(found):
+        return str(found.provenance["dataset"].get("fingerprint"))
+
+    def label_sets(found):
+        return ", ".join(f"{name} ({len(classes)} classes)" for name, classes in found.class_names.items())
+
+    if fingerprint(first) != fingerprint(other):
+        problem = (f"they hold other images (dataset fingerprint {fingerprint(first)[:12]} vs "
+                   f"{fingerprint(other)[:12]})")
+    elif first.rows != other.rows:
+        problem = f"their splits differ ({rows(first)} vs {rows(other)})"
+    elif first.class_names != other.class_names:
+        problem = f"their label sets differ ({label_sets(first)} vs {label_sets(other)})"
+    else:
+        problem = next((f"their {name!r} labels of the {split} split differ row by row" for split in first.splits
+                        for name in first.label_sets
+                        if not np.array_equal(first.labels(split, name), other.labels(split, name))), None)
+    if problem:
+        raise FeatcacheError(f"cannot fuse {first.path.name} with {other.path.name}: {problem}; fused caches must "
+                             "hold the same images: extract each backbone from the same dataset")
+
+
+def _side_by_side(caches: list[FeatureCache], split: str) -> np.ndarray:
+    """The features of ``split``, each cache's columns after the previous one's, read into one array."""
+    dtype = np.float16 if all(c.dtype == "float16" for c in caches) else np.float32
+    out = np.empty((caches[0].rows[split], sum(c.width for c in caches)), dtype=dtype)
+    column = 0
+    for found in caches:
+        found.features(split, out, column)
+        column += found.width
+    return out
 
 
 def _checked(x: np.ndarray, split: str) -> np.ndarray:
@@ -199,23 +254,29 @@ def _save(record: dict, head, earlier: list[dict], root) -> dict:
 
 def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result) -> dict:
     provenance = features.cache.provenance
+    parts = [_feature_part(found) for found in features.caches]
     tuned = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}" for k, v in (chosen or {}).items())
     return records.build_record(
         kind="head", name=name,
-        approach=f"{name}{tuned} on {records.backbone_label(provenance['backbone'])}",
+        approach=f"{name}{tuned} on {' + '.join(records.backbone_label(p['backbone']) for p in parts)}",
         params={k: v for k, v in final.get_params(deep=False).items() if _is_plain(v)},
         dataset=records.dataset_entry(provenance["dataset"]["name"], provenance["dataset"]["fingerprint"],
                                       features.label_set, features.class_names, len(features.y_train),
                                       None if features.y_test is None else len(features.y_test),
                                       np.bincount(features.y_train, minlength=len(features.class_names)).tolist()),
-        features={"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
-                  "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
-                  "compute": provenance.get("compute"), "cache_key": provenance["key"],
-                  "cache_file": str(features.cache.path)},
+        features=parts[0] if len(parts) == 1 else {"parts": parts},
         cv={"folds": folds, "seed": seed, "grid": grid or None, "fold_metrics": fold_metrics,
             "summary": summarize(fold_metrics), "confusion_matrix": matrix},
         test=test_result,
     )
+
+
+def _feature_part(found: FeatureCache) -> dict:
+    """What a record keeps of one cache its head was fitted on: enough to rebuild its feature pipeline."""
+    provenance = found.provenance
+    return {"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
+            "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
+            "compute": provenance.get("compute"), "cache_key": provenance["key"], "cache_file": str(found.path)}
 
 
 def _is_plain(value) -> bool:

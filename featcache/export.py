@@ -9,7 +9,11 @@ predicts under any Keras backend:
 - any other head: ``backbone.keras`` (images in, features out) plus the head in its own format
   (``head.joblib``), joined by :class:`ExportedModel`.
 
-``manifest.json`` holds the class names, input size, library versions and file hashes.
+A head on fused caches gets one feature model of every recorded pipeline, each on the same images,
+their features concatenated in the recorded order: the folder loads as any other.
+
+``manifest.json`` holds the class names, input size (one per pipeline when fused), the record's
+feature provenance, library versions and file hashes.
 """
 
 import json
@@ -22,7 +26,7 @@ from featcache import formats, heads, records
 from featcache.errors import FeatcacheError
 from featcache.files import file_hash, write_json
 from featcache.images import feature_model
-from featcache.predict import feature_spec, load_head, probabilities, recorded_compute
+from featcache.predict import feature_specs, load_head, probabilities, recorded_compute
 
 MANIFEST = "manifest.json"
 FORMAT_NAME, FORMAT_VERSION = "featcache-export", 1
@@ -41,10 +45,10 @@ def export(record: dict, out_dir: Path) -> Path:
     check_empty(out_dir)
     from featcache.backend import keras
 
-    spec, head = feature_spec(record), load_head(record)
+    specs, head = feature_specs(record), load_head(record)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    features = feature_model(spec, recorded_compute(record), input_dtype="uint8")
+    features = image_features(specs)
     if hasattr(head, "to_keras"):  # a Keras head: one end-to-end model
         n_classes = len(record["dataset"]["class_names"])
         end_to_end = keras.Model(features.input, head.to_keras(n_classes)(features.output), name="classifier")
@@ -61,7 +65,7 @@ def export(record: dict, out_dir: Path) -> Path:
         "approach": record["approach"],
         "class_names": record["dataset"]["class_names"],
         "label_set": record["dataset"]["label_set"],
-        "input_size": spec.input_size,
+        "input_size": specs[0][0].input_size if len(specs) == 1 else [spec.input_size for spec, _ in specs],
         "backbone": record["features"],
         "files": files,
         "sha256": {name: file_hash(out_dir / name) for name in files.values()},
@@ -69,6 +73,25 @@ def export(record: dict, out_dir: Path) -> Path:
     }
     write_json(out_dir / MANIFEST, manifest)
     return out_dir
+
+
+def image_features(specs: list):
+    """uint8 images of any size -> the features of each (spec, recorded part) of :func:`feature_specs`, side by
+    side in that order, as one Keras model (the pipeline itself when there is one)."""
+    from featcache.backend import keras
+
+    if len(specs) == 1:
+        spec, part = specs[0]
+        return feature_model(spec, recorded_compute(part), input_dtype="uint8")
+    images = keras.Input((None, None, 3), dtype="uint8", name="images")
+    parts = []
+    for i, (spec, part) in enumerate(specs):
+        built = feature_model(spec, recorded_compute(part), input_dtype="uint8")
+        # an uncompiled model of the same layers, uniquely named: a compiled one nested in another warns on loading
+        parts.append(keras.Model(built.input, built.output, name=f"part{i}_{built.name}")(images))
+    model = keras.Model(images, keras.layers.Concatenate(name="features")(parts), name="fused_features")
+    model.compile(jit_compile=all(recorded_compute(part).xla for _, part in specs))
+    return model
 
 
 class ExportedModel:

@@ -117,9 +117,11 @@ class ArrayCache:
         self.x, self.y = x, y
         self.splits, self.label_sets = ["train"], ["label"]
         self.class_names = {"label": [str(c) for c in range(y.max() + 1)]}
+        self.rows, self.width, self.dtype = {"train": len(x)}, x.shape[1], str(x.dtype)
 
-    def features(self, split):
-        return self.x
+    def features(self, split, out, column):
+        out[:, column:column + self.width] = self.x
+        return out
 
     def labels(self, split, label_set):
         return self.y
