@@ -116,9 +116,9 @@ class ExportedModel:
         self.classes_ = np.array(self.class_names)  # as in scikit-learn: predict returns these
         files = self.manifest["files"]
         if "model" in files:
-            self._model, self._head = keras.saving.load_model(self.folder / files["model"]), None
+            self._model, self._head = keras.saving.load_model(self.folder / files["model"], compile=False), None
         else:
-            self._model = keras.saving.load_model(self.folder / files["backbone"])
+            self._model = keras.saving.load_model(self.folder / files["backbone"], compile=False)
             self._head = heads.load_head(self.folder / files["head"])
 
     def predict_proba(self, images) -> np.ndarray:

@@ -212,7 +212,8 @@ def trained_model(record: dict, batch_size: int):
 
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: train it again")
-    model = load_model_file(keras.saving.load_model, Path(record["_folder"]) / record["model_file"])
+    model = load_model_file(lambda path: keras.saving.load_model(path, compile=False),  # no optimizer state
+                            Path(record["_folder"]) / record["model_file"])
     if record["model"].get("takes") == "preprocessed":  # saved by featcache-result/1: add its input layers
         model = with_input_layers(model, record["model"])
     run = forward(model, batch_size)
