@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
-from featcache import heads, paths, records, shots as few_shot, sweeps
+from featcache import flips, heads, paths, records, shots as few_shot, sweeps
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
@@ -31,7 +31,8 @@ INNER_FOLDS = 3  # folds of the grid search inside each training fold
 
 @dataclass
 class Features:
-    """Everything a head needs from one cache, read once."""
+    """Everything a head needs from one cache, read once. ``paired``: each row of x holds an image's plain
+    features, then its flipped ones (:mod:`featcache.flips`)."""
 
     cache: FeatureCache
     label_set: str
@@ -39,28 +40,33 @@ class Features:
     y_train: np.ndarray
     x_test: np.ndarray | None
     y_test: np.ndarray | None
+    paired: bool = False
 
     @property
     def class_names(self) -> list[str]:
         return self.cache.class_names[self.label_set]
 
 
-def load_features(cache: FeatureCache, label_set: str | None = None) -> Features:
+def load_features(cache: FeatureCache, label_set: str | None = None, flip: bool = True) -> Features:
     """Read the training split (and the test split, when there is one) into memory, checking them.
 
-    float16 caches stay float16 (the heads widen them a chunk at a time); other dtypes become float32."""
-    def kept(x: np.ndarray) -> np.ndarray:
-        return x if x.dtype == np.float16 else x.astype(np.float32, copy=False)
+    float16 caches stay float16 (the heads widen them a chunk at a time); other dtypes become float32.
+    ``flip``: when the cache has flip features, each row holds both (twice the memory; ``Features.paired``)."""
+    paired = flip and cache.flip
+
+    def kept(split: str) -> np.ndarray:
+        x = cache.paired_features(split) if paired else cache.features(split)
+        return _checked(x if x.dtype == np.float16 else x.astype(np.float32, copy=False), split)
 
     label_set = label_set or cache.label_sets[0]
     train = "train" if "train" in cache.splits else cache.splits[0]
     y_train = cache.labels(train, label_set)
-    x_train = _checked(kept(cache.features(train)), train)
+    x_train = kept(train)
     x_test = y_test = None
     if "test" in cache.splits and train != "test":
-        x_test = _checked(kept(cache.features("test")), "test")
+        x_test = kept("test")
         y_test = cache.labels("test", label_set)
-    return Features(cache, label_set, x_train, y_train, x_test, y_test)
+    return Features(cache, label_set, x_train, y_train, x_test, y_test, paired)
 
 
 def _checked(x: np.ndarray, split: str) -> np.ndarray:
@@ -133,20 +139,26 @@ def check_grid(estimator, grid: dict) -> None:
 
 def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=False, jobs=1, root=None,
               progress=True, sweep=False, shots=None,
-              repeats=few_shot.REPEATS) -> list[dict]:
+              repeats=few_shot.REPEATS, flip="average") -> list[dict]:
     """Cross-validate each head, refit it on the whole training split, save it; return the records.
 
     ``estimators``: scikit-learn classifiers (``{name: estimator}`` or a list), cloned for every fit;
     ``grid``: {parameter: values} chosen by inner CV on each training fold; ``sweep``: each head's built-in sweep
     (:mod:`featcache.sweeps`) on a validation slice of each training fold instead; ``jobs``: folds fitted in
     parallel (-1: one per core, as in joblib); ``shots``: images per class (ints, "all") of a learning curve
-    of each head with its final settings, over ``repeats`` seeded draws (:mod:`featcache.shots`).
+    of each head with its final settings, over ``repeats`` seeded draws (:mod:`featcache.shots`); ``flip``: with
+    paired features (a cache extracted with tta="flip"), "average" scores every image by the mean of the head's
+    probabilities on it and its flip, "train" also trains on the flips, "ignore" uses the plain features only
+    (:mod:`featcache.flips`).
     """
     from tqdm import tqdm
 
     named = named_heads(estimators)
     check("jobs", jobs, [Options(-1), Interval(int, 1, None)])
     check("sweep", sweep, [Options(False)] if grid else [BOOLEAN], owner="grid chooses the parameters" if grid else None)
+    check("flip", flip, [Options(*flips.MODES)] if features.paired else [Options("average", "ignore")],
+          owner=None if features.paired else "this cache has no flip features (extract with tta='flip', "
+                                                  "featcache extract --tta flip)")
     for estimator in named.values():
         heads.check_params(estimator)
         check_grid(estimator, sweeps.sweep_of(estimator).grid() if sweep else grid)
@@ -163,6 +175,7 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     with tqdm(total=len(named) * len(split), unit="fold", disable=not progress) as bar:
         for name, estimator in named.items():
             bar.set_description(name)
+            estimator = flips.Flipped(estimator, flip) if features.paired else estimator
             estimator = sweeps.Swept(estimator, seed) if sweep else estimator
             fold_metrics, matrix = cross_validate_head(estimator, grid, features, split, jobs, bar)
             final, chosen, fit_seconds = fit_one(estimator, grid, features.x_train, features.y_train, seed)
@@ -174,7 +187,8 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
                 metrics, predicted = scores(final, features.x_test, features.y_test, n_classes)
                 test_result = {**metrics, "fit_seconds": fit_seconds,
                                "confusion_matrix": confusion(features.y_test, predicted, n_classes)}
-            record = _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result)
+            record = _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result,
+                             flip if features.paired else "ignore")
             if shots:
                 record["shots"] = few_shot.learning_curve(final, features, split, shots, repeats, seed)
             if swept:
@@ -188,7 +202,7 @@ def _save(record: dict, head, earlier: list[dict], root) -> dict:
     (listed in the returned record's ``_replaced``)."""
     folder = records.record_folder(record["id"], root)
     with records.RunLock(folder):
-        record["model_file"] = heads.save_head(head, folder)
+        record["model_file"] = heads.save_head(flips.unwrapped(head), folder)  # the record says how to pair it
         records.save_record(record, root)
     same = records.fit_settings(record)
     replaced = [r for r in earlier if records.fit_settings(r) == same]
@@ -197,13 +211,15 @@ def _save(record: dict, head, earlier: list[dict], root) -> dict:
     return {**record, "_replaced": [r["id"] for r in replaced]}
 
 
-def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result) -> dict:
+def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result, flip) -> dict:
+    """``flip``: the flip mode applied (recorded for a cache with flip features only)."""
     provenance = features.cache.provenance
     tuned = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}" for k, v in (chosen or {}).items())
+    augmented = {"tta": features.cache.tta, "flip": flip if features.cache.flip else None}
     return records.build_record(
         kind="head", name=name,
-        approach=f"{name}{tuned} on {records.backbone_label(provenance['backbone'])}",
-        params={k: v for k, v in final.get_params(deep=False).items() if _is_plain(v)},
+        approach=f"{name}{tuned} on {records.backbone_label(provenance['backbone'])}{flips.label(augmented)}",
+        params={k: v for k, v in flips.unwrapped(final).get_params(deep=False).items() if _is_plain(v)},
         dataset=records.dataset_entry(provenance["dataset"]["name"], provenance["dataset"]["fingerprint"],
                                       features.label_set, features.class_names, len(features.y_train),
                                       None if features.y_test is None else len(features.y_test),
@@ -211,7 +227,7 @@ def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matr
         features={"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
                   "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
                   "compute": provenance.get("compute"), "cache_key": provenance["key"],
-                  "cache_file": str(features.cache.path)},
+                  "cache_file": str(features.cache.path), **augmented},
         cv={"folds": folds, "seed": seed, "grid": grid or None, "fold_metrics": fold_metrics,
             "summary": summarize(fold_metrics), "confusion_matrix": matrix},
         test=test_result,

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache import formats, heads, records
+from featcache import flips, formats, heads, records
 from featcache.errors import FeatcacheError
 from featcache.files import file_hash, write_json
-from featcache.images import feature_model
-from featcache.predict import feature_spec, load_head, probabilities, recorded_compute
+from featcache.predict import feature_spec, load_head, probabilities, record_feature_model
 
 MANIFEST = "manifest.json"
 FORMAT_NAME, FORMAT_VERSION = "featcache-export", 1
@@ -44,7 +43,7 @@ def export(record: dict, out_dir: Path) -> Path:
     spec, head = feature_spec(record), load_head(record)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    features = feature_model(spec, recorded_compute(record), input_dtype="uint8")
+    features = record_feature_model(record, spec, input_dtype="uint8")
     if hasattr(head, "to_keras"):  # a Keras head: one end-to-end model
         n_classes = len(record["dataset"]["class_names"])
         end_to_end = keras.Model(features.input, head.to_keras(n_classes)(features.output), name="classifier")
@@ -78,6 +77,7 @@ class ExportedModel:
     """
 
     def __init__(self, folder):
+        from featcache import flip_layers  # noqa: F401  (registers the layers a flip export's models hold)
         from featcache.backend import keras
 
         self.folder = Path(folder)
@@ -96,7 +96,7 @@ class ExportedModel:
             self._model, self._head = keras.saving.load_model(self.folder / files["model"]), None
         else:
             self._model = keras.saving.load_model(self.folder / files["backbone"])
-            self._head = heads.load_head(self.folder / files["head"])
+            self._head = flips.around(heads.load_head(self.folder / files["head"]), self.manifest["backbone"])
 
     def predict_proba(self, images) -> np.ndarray:
         rows = [self._probabilities(group) for group in _same_size_groups(images)]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache import heads, records
+from featcache import flips, heads, records
 from featcache.backbones import BackboneSpec, get_backbone, weights_sha256
 from featcache.compute import Compute, backend_name
 from featcache.datasets import IMAGE_SUFFIXES, open_images
@@ -69,6 +69,12 @@ def feature_spec(record: dict) -> BackboneSpec:
     return spec
 
 
+def record_feature_model(record: dict, spec: BackboneSpec, input_dtype: str = "float32"):
+    """The image -> feature model the record's head takes: its cache's backbone, compute settings and flip
+    averaging (:func:`featcache.flips.pipeline_tta`)."""
+    return feature_model(spec, recorded_compute(record), input_dtype, tta=flips.pipeline_tta(record["features"]))
+
+
 def recorded_compute(record: dict) -> Compute:
     """The precision and XLA setting the record's features were computed with, on this process's backend."""
     used = record["features"].get("compute") or {}
@@ -76,9 +82,11 @@ def recorded_compute(record: dict) -> Compute:
 
 
 def load_head(record: dict):
+    """The record's saved head, averaging over flips when it was fitted so (:func:`featcache.flips.around`)."""
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: fit it again")
-    return load_model_file(heads.load_head, Path(record["_folder"]) / record["model_file"])
+    return flips.around(load_model_file(heads.load_head, Path(record["_folder"]) / record["model_file"]),
+                        record["features"])
 
 
 def load_model_file(load, path: Path):
@@ -173,7 +181,7 @@ def record_pipeline(record: dict, batch_size: int):
 def head_on_features(record: dict, batch_size: int, n_classes: int):
     """(images -> preprocessed batches, batch -> probabilities) of a head on the record's backbone features."""
     spec, head = feature_spec(record), load_head(record)
-    run = forward(feature_model(spec, recorded_compute(record)), batch_size)
+    run = forward(record_feature_model(record, spec), batch_size)
     if record["features"]["weights_sha256"] != weights_sha256(spec):
         raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
     return (lambda images: HostBatches(images, 0, len(images), batch_size, Framing.of(spec)),

@@ -16,7 +16,10 @@ A record is a plain dict:
       "dataset": {"name", "fingerprint", "label_set", "class_names": [...], "n_train", "n_test",
                   "class_counts": [training images per class] | null},
       "features": {"backbone": BackboneSpec.to_record(), "weights_sha256", "preprocessing", "dtype",
-                   "cache_key", "cache_file"}     # heads on cached features; null otherwise
+                   "cache_key", "cache_file",
+                   "tta": "none" | "flip" | "flip-mean",   # the cache's test-time augmentation (absent: none)
+                   "flip": "average" | "train" | "ignore" | null}   # how the fit used flip features (tta flip)
+                                                   # heads on cached features; null otherwise
       "model": {"backbone": BackboneSpec.to_record() (finetune) | null, "architecture": null | "wrn-28-10",
                 "weights_sha256", "input_size", "preprocessing", ...settings}   # finetune/scratch; null for heads
       "cv": {"folds", "seed", "grid": {parameter: values} | null (heads),
@@ -290,7 +293,7 @@ def remove_leftovers(root=None) -> list[Path]:
 
 def fit_settings(record: dict) -> str | None:
     """What makes two fitted heads the same fit (cache, label set, head and its parameters, folds, seed,
-    grid, test split), as canonical JSON; None for finetune and scratch records."""
+    grid, test split, flip mode), as canonical JSON; None for finetune and scratch records."""
     if record["kind"] != "head" or not record.get("features"):
         return None
     grid = record["cv"].get("grid") or {}
@@ -300,7 +303,8 @@ def fit_settings(record: dict) -> str | None:
     chosen = {*grid, swept, *(record["cv"].get("sweep") or {}).get("also", {})}
     return json.dumps([record["features"].get("cache_key"), record["dataset"]["label_set"], record["head"],
                        {k: v for k, v in record.get("params", {}).items() if k not in chosen}, record["cv"]["folds"],
-                       record["cv"]["seed"], grid, swept, shots, record.get("test") is not None], sort_keys=True,
+                       record["cv"]["seed"], grid, swept, shots, record.get("test") is not None,
+                       record["features"].get("flip")], sort_keys=True,
                       default=_jsonable)
 
 

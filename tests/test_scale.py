@@ -89,7 +89,7 @@ class ArrayCache:
 
     def __init__(self, x, y):
         self.x, self.y = x, y
-        self.splits, self.label_sets = ["train"], ["label"]
+        self.splits, self.label_sets, self.flip = ["train"], ["label"], False
         self.class_names = {"label": [str(c) for c in range(y.max() + 1)]}
 
     def features(self, split):
