@@ -9,7 +9,10 @@ predicts under any Keras backend:
 - any other head: ``backbone.keras`` (images in, features out) plus the head in its own format
   (``head.joblib``), joined by :class:`ExportedModel`.
 
-``manifest.json`` holds the class names, input size, library versions and file hashes.
+``manifest.json`` holds the class names, input size, library versions and file hashes. For a record fitted
+with flip averaging (:mod:`featcache.flips`) the feature model gives each image's plain and mirrored features,
+and the head's probabilities on both are averaged: inside ``model.keras``, or by :class:`ExportedModel` as the
+manifest's ``backbone`` entry (the record's features) says.
 """
 
 import json

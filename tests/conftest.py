@@ -40,6 +40,13 @@ def write_images(folder: Path, count: int, size=(16, 16), mode="RGB", seed=0, fm
     return paths
 
 
+def write_classes(folder: Path, classes: list, count: int) -> Path:
+    """A folder dataset: ``count`` random images per class, the first class 24 x 18, the others 20 x 20."""
+    for i, name in enumerate(classes):
+        write_images(folder / name, count, size=(20, 20) if i else (24, 18), seed=i)
+    return folder
+
+
 def write_cache(root: Path, x, y, x_test=None, y_test=None, class_names=None, spec=None, flipped=None):
     """A finished cache file of the given features, written by the cache's own writer (as extract does);
     ``flipped``: the flip features of the training split (and of the test split), as with tta="flip"."""

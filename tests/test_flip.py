@@ -4,18 +4,17 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_cache, write_images
+from conftest import write_cache, write_classes
 from sklearn.metrics import log_loss
 
 from featcache import cache, cv, evaluation, flips, heads, records
-from featcache.backbones import make_spec
 from featcache.cli import main
 from featcache.compute import Compute, resolve
 from featcache.datasets import load_dataset
 from featcache.export import export, load_model
 from featcache.extract import extract
 from featcache.heads.base import Head
-from featcache.predict import predict
+from test_predict_export import CLASSES, all_probabilities
 
 SMALL = ["--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32", "--weights", "none"]
 
@@ -97,8 +96,8 @@ def blobs(n, classes=3, dim=8, seed=0):
 def flip_cache(root, n=90, ids=False):
     """A cache with flip features: each image's flip is its features plus noise. With ``ids`` the last
     column is the row's id (an image's flip: id + OFFSET), for following rows through the fits."""
-    x, y = blobs(n)
-    x_test, y_test = blobs(45, seed=1)
+    x, y = blobs(n + 45)
+    (x, x_test), (y, y_test) = np.split(x, [n]), np.split(y, [n])
     rng = np.random.default_rng(2)
     mirrored, mirrored_test = (a + rng.normal(0, 1.5, a.shape).astype(np.float32) for a in (x, x_test))
     if ids:  # test images: 500 on
@@ -204,17 +203,13 @@ def test_cli_extract_tta_and_fit_flip(root):
 
 # --- predict and export -----------------------------------------------------------------------
 
-CLASSES = ["blue", "green", "red"]
-
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, small_spec):
     """Images of 3 classes extracted with tta flip and flip-mean, and records fitted on them."""
     base = tmp_path_factory.mktemp("flip-predict")
-    for i, name in enumerate(CLASSES):
-        write_images(base / "images" / name, 6, size=(20, 20) if i else (24, 18), seed=i)
     root = base / "cache"
-    dataset = load_dataset(f"folder:{base / 'images'}")
+    dataset = load_dataset(f"folder:{write_classes(base / 'images', CLASSES, 6)}")
     found = {tta: cache.FeatureCache(extract(dataset, small_spec, root, progress=False, tta=tta).path)
              for tta in ("flip", "flip-mean")}
     fit = dict(folds=2, root=root, progress=False)
@@ -228,11 +223,6 @@ def fitted(tmp_path_factory, small_spec):
     paths = [str(p) for p in dataset.splits["all"].images.paths]
     return {"records": {k: records.load_record(r["id"], root) for k, r in saved.items()}, "paths": paths,
             "images": base / "images", "caches": found}
-
-
-def predicted(record, images):
-    found, _ = predict(record, [images], top_k=len(CLASSES), progress=False)
-    return {str(p.path): np.array([dict(zip(p.classes, p.probabilities))[c] for c in CLASSES]) for p in found}
 
 
 def by_hand(record, features: np.ndarray, paths):
@@ -249,7 +239,7 @@ def test_predict_of_a_flip_record_averages_as_the_fit_did(fitted, name):
              "ignore": [found["flip"].features("all")], "mean": [found["flip-mean"].features("all")]}
     views["mlp"] = views["logreg"]
     expected = by_hand(record, views[name], fitted["paths"])
-    got = predicted(record, fitted["images"])
+    got, _ = all_probabilities(record, [fitted["images"]])
     assert set(got) == set(expected)
     for path, probabilities in got.items():
         np.testing.assert_allclose(probabilities, expected[path], atol=1e-5)
@@ -261,7 +251,7 @@ def test_an_exported_flip_model_averages_like_predict(fitted, name, files, tmp_p
     record = fitted["records"][name]
     folder = export(record, tmp_path / "exported")
     assert files | {"manifest.json"} == {p.name for p in folder.iterdir()}
-    expected = predicted(record, fitted["images"])
+    expected, _ = all_probabilities(record, [fitted["images"]])
     paths = sorted(expected)
     np.testing.assert_allclose(load_model(folder).predict_proba(paths), np.stack([expected[p] for p in paths]),
                                atol=1e-5)
