@@ -143,26 +143,18 @@ class FeatureCache:
         """Whether the cache holds the features of the mirrored images beside the plain ones (tta="flip")."""
         return FLIP in self.feature_sets
 
-    def features(self, split: str, flip: bool = False) -> np.ndarray:
-        """The features of ``split``; with ``flip``, those of its images mirrored left to right."""
-        return self._read(split, (FLIP if flip else "features",))
-
-    def paired_features(self, split: str) -> np.ndarray:
-        """One row per image: its plain features, then its flipped ones (2 x width columns), read in place."""
-        if not self.flip:
-            raise FeatcacheError(f"{self.path.name} has no flip features: extract it with tta='flip'")
-        return self._read(split, self.feature_sets)
-
-    def _read(self, split: str, names: tuple) -> np.ndarray:
-        """The datasets ``names`` of ``split`` side by side, read straight into one array."""
+    def features(self, split: str, out: np.ndarray | None = None, column: int = 0, flip: bool = False) -> np.ndarray:
+        """The features of ``split`` (with ``flip``, those of its images mirrored left to right); with ``out`` (rows,
+        any width), read into its columns from ``column`` on, converted to its dtype, and ``out`` returned: fused
+        caches, and an image's plain and flipped features, fill one array with no copy of each part."""
         self._check_split(split)
         with h5py.File(self.path, "r") as f:
-            out = np.empty((self.rows[split], self.width * len(names)), dtype=self.dtype)
-            for index, name in enumerate(names):
-                try:
-                    f[split][name].read_direct(out, dest_sel=np.s_[:, index * self.width:(index + 1) * self.width])
-                except OSError as exc:
-                    raise self._damaged(split, exc) from None
+            dataset = f[split][FLIP if flip else "features"]
+            out = np.empty(dataset.shape, dtype=dataset.dtype) if out is None else out
+            try:
+                dataset.read_direct(out, dest_sel=np.s_[:, column:column + dataset.shape[1]])
+            except OSError as exc:
+                raise self._damaged(split, exc) from None
             return out
 
     def feature_chunks(self, split: str, name: str = "features"):

@@ -362,7 +362,9 @@ def cache_rm(obj, refs, yes):
 @click.option("--folds", type=int, default=6, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Fold seed: same seed, same folds.")
 @click.option("--label", "label_set", help="Label set, e.g. fine or coarse (default: the cache's first).")
-@click.option("--cache", "cache_ref", help="Cache file or a prefix of its name (default: the most recent).")
+@click.option("--cache", "cache_refs", multiple=True,
+              help="Cache file or a prefix of its name (default: the most recent). Repeat it to fuse caches of the "
+                   "same images: their features side by side, in the order given.")
 @click.option("--backbone", help="Use the most recent cache of this backbone.")
 @click.option("--dataset", help="Use the most recent cache of this dataset.")
 @click.option("--param", "params", multiple=True, metavar="NAME=VALUE", callback=key_values,
@@ -382,8 +384,8 @@ def cache_rm(obj, refs, yes):
                    "(average), also train on the flips (train), or use the plain features only (ignore).")
 @cluster_options
 @click.pass_obj
-def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, params, grid, test, sweep, shots, repeats,
-        jobs, flip, scheduler, workers):
+def fit(obj, head_names, folds, seed, label_set, cache_refs, backbone, dataset, params, grid, test, sweep, shots,
+        repeats, jobs, flip, scheduler, workers):
     """Fit heads on cached features with stratified k-fold cross-validation."""
     from featcache import heads
     from featcache.cache import FeatureCache, select
@@ -391,8 +393,9 @@ def fit(obj, head_names, folds, seed, label_set, cache_ref, backbone, dataset, p
 
     names = heads.available_heads() if head_names == "all" else [h.strip() for h in head_names.split(",")]
     estimators = {name: heads.make_head(name, **params) for name in names}
-    found = FeatureCache(select(obj["root"], cache_ref, backbone, dataset))
-    click.echo(f"features: {found.path.name} ({', '.join(f'{s} {n:,}' for s, n in found.rows.items())})")
+    found = [FeatureCache(select(obj["root"], ref, backbone, dataset)) for ref in cache_refs or [None]]
+    rows = ", ".join(f"{s} {n:,}" for s, n in found[0].rows.items())
+    click.echo(f"features: {' + '.join(f.path.name for f in found)} ({rows})")
     features = load_features(found, label_set, flip=flip != "ignore")
     options = dict(sweep=sweep, shots=shots, repeats=repeats, flip=flip)
     if scheduler is not None or workers is not None:

@@ -1,6 +1,7 @@
 """Cross-validation of heads on cached features: the same stratified folds for every head and run.
 
-The features are read from HDF5 once per run (:func:`load_features`); each head (any scikit-learn
+The features are read from HDF5 once per run (:func:`load_features`), from one cache or fused from
+several caches of the same images (their columns side by side); each head (any scikit-learn
 classifier, cloned for every fit) is then fitted on each training fold (with an optional inner grid
 search that sees the training fold only), scored on the held-out fold, refitted on the whole
 training split, optionally scored on the test split, and written out as a result record with its
@@ -31,42 +32,97 @@ INNER_FOLDS = 3  # folds of the grid search inside each training fold
 
 @dataclass
 class Features:
-    """Everything a head needs from one cache, read once. ``paired``: each row of x holds an image's plain
-    features, then its flipped ones (:mod:`featcache.flips`)."""
+    """Everything a head needs from one cache (or several fused ones), read once. ``paired``: each row of x
+    holds an image's plain features, then its flipped ones (:mod:`featcache.flips`)."""
 
-    cache: FeatureCache
+    cache: FeatureCache  # the first cache: class names and dataset (all fused caches share them)
     label_set: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray | None
     y_test: np.ndarray | None
+    fused_with: tuple[FeatureCache, ...] = ()  # the caches whose columns follow ``cache``'s, in order
     paired: bool = False
 
     @property
     def class_names(self) -> list[str]:
         return self.cache.class_names[self.label_set]
 
+    @property
+    def caches(self) -> list[FeatureCache]:
+        """Every cache whose columns the features hold, in column order."""
+        return [self.cache, *self.fused_with]
 
-def load_features(cache: FeatureCache, label_set: str | None = None, flip: bool = True) -> Features:
+
+def load_features(caches, label_set: str | None = None, flip: bool = True) -> Features:
     """Read the training split (and the test split, when there is one) into memory, checking them.
 
-    float16 caches stay float16 (the heads widen them a chunk at a time); other dtypes become float32.
-    ``flip``: when the cache has flip features, each row holds both (twice the memory; ``Features.paired``)."""
-    paired = flip and cache.flip
-
-    def kept(split: str) -> np.ndarray:
-        x = cache.paired_features(split) if paired else cache.features(split)
-        return _checked(x if x.dtype == np.float16 else x.astype(np.float32, copy=False), split)
-
-    label_set = label_set or cache.label_sets[0]
-    train = "train" if "train" in cache.splits else cache.splits[0]
-    y_train = cache.labels(train, label_set)
-    x_train = kept(train)
+    ``caches``: one FeatureCache, or several of the same images (two backbones, input sizes or poolings), whose
+    features are fused: their columns side by side in the order given, once :func:`check_fusable` finds the
+    same images in the same rows. float16 features stay float16 (the heads widen them a chunk at a time) when
+    every cache's are; other dtypes become float32. ``flip``: when every cache has flip features, each row holds
+    the image's plain features, then its flipped ones, in the same order (twice the memory; ``Features.paired``)."""
+    caches = list(caches) if isinstance(caches, (list, tuple)) else [caches]
+    if not caches:
+        raise FeatcacheError("no cache to read features from: give at least one")
+    first = caches[0]
+    for other in caches[1:]:
+        check_fusable(first, other)
+    paired = flip and all(found.flip for found in caches)
+    label_set = label_set or first.label_sets[0]
+    train = "train" if "train" in first.splits else first.splits[0]
+    y_train = first.labels(train, label_set)
+    x_train = _checked(_side_by_side(caches, train, paired), train)
     x_test = y_test = None
-    if "test" in cache.splits and train != "test":
-        x_test = kept("test")
-        y_test = cache.labels("test", label_set)
-    return Features(cache, label_set, x_train, y_train, x_test, y_test, paired)
+    if "test" in first.splits and train != "test":
+        x_test = _checked(_side_by_side(caches, "test", paired), "test")
+        y_test = first.labels("test", label_set)
+    return Features(first, label_set, x_train, y_train, x_test, y_test, tuple(caches[1:]), paired)
+
+
+def check_fusable(first: FeatureCache, other: FeatureCache) -> None:
+    """Refuse, in one line naming both caches, two caches whose rows are not the same images: another dataset
+    fingerprint, other splits or row counts, other label sets or class names, or labels that differ row by row."""
+    if other.key == first.key:
+        raise FeatcacheError(f"{first.path.name} is given twice: give each cache to fuse once")
+
+    def rows(found):
+        return ", ".join(f"{split} {n}" for split, n in found.rows.items())
+
+    def fingerprint(found):
+        return str(found.provenance["dataset"].get("fingerprint"))
+
+    def label_sets(found):
+        return ", ".join(f"{name} ({len(classes)} classes)" for name, classes in found.class_names.items())
+
+    if fingerprint(first) != fingerprint(other):
+        problem = (f"they hold other images (dataset fingerprint {fingerprint(first)[:12]} vs "
+                   f"{fingerprint(other)[:12]})")
+    elif first.rows != other.rows:
+        problem = f"their splits differ ({rows(first)} vs {rows(other)})"
+    elif first.class_names != other.class_names:
+        problem = f"their label sets differ ({label_sets(first)} vs {label_sets(other)})"
+    else:
+        problem = next((f"their {name!r} labels of the {split} split differ row by row" for split in first.splits
+                        for name in first.label_sets
+                        if not np.array_equal(first.labels(split, name), other.labels(split, name))), None)
+    if problem:
+        raise FeatcacheError(f"cannot fuse {first.path.name} with {other.path.name}: {problem}; fused caches must "
+                             "hold the same images: extract each backbone from the same dataset")
+
+
+def _side_by_side(caches: list[FeatureCache], split: str, paired: bool = False) -> np.ndarray:
+    """The features of ``split``, each cache's columns after the previous one's, read into one array; ``paired``:
+    then the flipped features of each, in the same order."""
+    dtype = np.float16 if all(c.dtype == "float16" for c in caches) else np.float32
+    views = (False, True) if paired else (False,)
+    out = np.empty((caches[0].rows[split], len(views) * sum(c.width for c in caches)), dtype=dtype)
+    column = 0
+    for flip in views:
+        for found in caches:
+            found.features(split, out, column, flip=flip)
+            column += found.width
+    return out
 
 
 def _checked(x: np.ndarray, split: str) -> np.ndarray:
@@ -156,9 +212,7 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     named = named_heads(estimators)
     check("jobs", jobs, [Options(-1), Interval(int, 1, None)])
     check("sweep", sweep, [Options(False)] if grid else [BOOLEAN], owner="grid chooses the parameters" if grid else None)
-    check("flip", flip, [Options(*flips.MODES)] if features.paired else [Options("average", "ignore")],
-          owner=None if features.paired else "this cache has no flip features (extract with tta='flip', "
-                                                  "featcache extract --tta flip)")
+    check("flip", flip, *_flip_rule(features))
     for estimator in named.values():
         heads.check_params(estimator)
         check_grid(estimator, sweeps.sweep_of(estimator).grid() if sweep else grid)
@@ -197,6 +251,17 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     return saved
 
 
+def _flip_rule(features: Features) -> tuple[list, str | None]:
+    """The flip modes ``features`` allow, and why not the others: every mode on paired features; only ignore
+    when some fused caches have flip features and others do not; else average (the same as ignore) or ignore."""
+    if features.paired:
+        return [Options(*flips.MODES)], None
+    if 0 < sum(found.flip for found in features.caches) < len(features.caches):
+        return [Options("ignore")], "not every fused cache has flip features (extract each with tta='flip')"
+    return [Options("average", "ignore")], ("this cache has no flip features (extract with tta='flip', featcache "
+                                            "extract --tta flip)")
+
+
 def _save(record: dict, head, earlier: list[dict], root) -> dict:
     """Save the head and its record, then remove the earlier records of an identical fit, which it replaces
     (listed in the returned record's ``_replaced``)."""
@@ -212,26 +277,34 @@ def _save(record: dict, head, earlier: list[dict], root) -> dict:
 
 
 def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result, flip) -> dict:
-    """``flip``: the flip mode applied (recorded for a cache with flip features only)."""
+    """``flip``: the flip mode applied (recorded in the part of each cache with flip features)."""
     provenance = features.cache.provenance
+    parts = [_feature_part(found, flip) for found in features.caches]
     tuned = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}" for k, v in (chosen or {}).items())
-    augmented = {"tta": features.cache.tta, "flip": flip if features.cache.flip else None}
     return records.build_record(
         kind="head", name=name,
-        approach=f"{name}{tuned} on {records.backbone_label(provenance['backbone'])}{flips.label(augmented)}",
+        approach=f"{name}{tuned} on {' + '.join(records.backbone_label(p['backbone']) for p in parts)}"
+                 f"{flips.label(parts)}",
         params={k: v for k, v in flips.unwrapped(final).get_params(deep=False).items() if _is_plain(v)},
         dataset=records.dataset_entry(provenance["dataset"]["name"], provenance["dataset"]["fingerprint"],
                                       features.label_set, features.class_names, len(features.y_train),
                                       None if features.y_test is None else len(features.y_test),
                                       np.bincount(features.y_train, minlength=len(features.class_names)).tolist()),
-        features={"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
-                  "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
-                  "compute": provenance.get("compute"), "cache_key": provenance["key"],
-                  "cache_file": str(features.cache.path), **augmented},
+        features=parts[0] if len(parts) == 1 else {"parts": parts},
         cv={"folds": folds, "seed": seed, "grid": grid or None, "fold_metrics": fold_metrics,
             "summary": summarize(fold_metrics), "confusion_matrix": matrix},
         test=test_result,
     )
+
+
+def _feature_part(found: FeatureCache, flip: str) -> dict:
+    """What a record keeps of one cache its head was fitted on: enough to rebuild its feature pipeline, with the
+    cache's tta and the ``flip`` mode applied to its flip features (None: it has none)."""
+    provenance = found.provenance
+    return {"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
+            "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
+            "compute": provenance.get("compute"), "cache_key": provenance["key"], "cache_file": str(found.path),
+            "tta": found.tta, "flip": flip if found.flip else None}
 
 
 def _is_plain(value) -> bool:

@@ -9,10 +9,15 @@ predicts under any Keras backend:
 - any other head: ``backbone.keras`` (images in, features out) plus the head in its own format
   (``head.joblib``), joined by :class:`ExportedModel`.
 
-``manifest.json`` holds the class names, input size, library versions and file hashes. For a record fitted
-with flip averaging (:mod:`featcache.flips`) the feature model gives each image's plain and mirrored features,
-and the head's probabilities on both are averaged: inside ``model.keras``, or by :class:`ExportedModel` as the
-manifest's ``backbone`` entry (the record's features) says.
+A head on fused caches gets one feature model of every recorded pipeline, each on the same images,
+their features concatenated in the recorded order: the folder loads as any other.
+
+For a record fitted with flip averaging (:mod:`featcache.flips`) the feature model gives each image's plain
+and mirrored features, and the head's probabilities on both are averaged: inside ``model.keras``, or by
+:class:`ExportedModel` as the manifest's ``backbone`` entry (the record's features) says.
+
+``manifest.json`` holds the class names, input size (one per pipeline when fused), the record's
+feature provenance, library versions and file hashes.
 """
 
 import json
@@ -24,7 +29,7 @@ import numpy as np
 from featcache import flips, formats, heads, records
 from featcache.errors import FeatcacheError
 from featcache.files import file_hash, write_json
-from featcache.predict import feature_spec, load_head, probabilities, record_feature_model
+from featcache.predict import feature_specs, load_head, part_feature_model, probabilities, recorded_compute
 
 MANIFEST = "manifest.json"
 FORMAT_NAME, FORMAT_VERSION = "featcache-export", 1
@@ -43,10 +48,10 @@ def export(record: dict, out_dir: Path) -> Path:
     check_empty(out_dir)
     from featcache.backend import keras
 
-    spec, head = feature_spec(record), load_head(record)
+    specs, head = feature_specs(record), load_head(record)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    features = record_feature_model(record, spec, input_dtype="uint8")
+    features = image_features(specs, paired=isinstance(head, flips.Flipped))
     if hasattr(head, "to_keras"):  # a Keras head: one end-to-end model
         n_classes = len(record["dataset"]["class_names"])
         end_to_end = keras.Model(features.input, head.to_keras(n_classes)(features.output), name="classifier")
@@ -63,7 +68,7 @@ def export(record: dict, out_dir: Path) -> Path:
         "approach": record["approach"],
         "class_names": record["dataset"]["class_names"],
         "label_set": record["dataset"]["label_set"],
-        "input_size": spec.input_size,
+        "input_size": specs[0][0].input_size if len(specs) == 1 else [spec.input_size for spec, _ in specs],
         "backbone": record["features"],
         "files": files,
         "sha256": {name: file_hash(out_dir / name) for name in files.values()},
@@ -71,6 +76,31 @@ def export(record: dict, out_dir: Path) -> Path:
     }
     write_json(out_dir / MANIFEST, manifest)
     return out_dir
+
+
+def image_features(specs: list, paired: bool = False):
+    """uint8 images of any size -> the features of each (spec, recorded part) of :func:`feature_specs`, side by
+    side in that order, as one Keras model (the pipeline itself when there is one); ``paired`` (flip averaging):
+    every part's plain features, then every part's flipped ones, as :func:`featcache.flips.side_by_side`."""
+    from featcache.backend import keras
+
+    if len(specs) == 1:
+        spec, part = specs[0]
+        return part_feature_model(spec, part, input_dtype="uint8")
+    images = keras.Input((None, None, 3), dtype="uint8", name="images")
+    parts = []
+    for i, (spec, part) in enumerate(specs):
+        built = part_feature_model(spec, part, input_dtype="uint8")
+        # an uncompiled model of the same layers, uniquely named: a compiled one nested in another warns on loading
+        parts.append(keras.Model(built.input, built.output, name=f"part{i}_{built.name}")(images))
+    if paired:  # (n, 2, width) each: the views of all parts side by side, then one row again
+        views = [keras.layers.Reshape((2, -1), name=f"part{i}_views")(out) for i, out in enumerate(parts)]
+        fused = keras.layers.Reshape((-1,), name="features")(keras.layers.Concatenate(name="fused_views")(views))
+    else:
+        fused = keras.layers.Concatenate(name="features")(parts)
+    model = keras.Model(images, fused, name="fused_features")
+    model.compile(jit_compile=all(recorded_compute(part).xla for _, part in specs))
+    return model
 
 
 class ExportedModel:

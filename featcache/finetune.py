@@ -94,8 +94,11 @@ def init_head_file(record: dict, spec: BackboneSpec, dataset_fingerprint: str, l
     if record["kind"] != "head" or not model_file.endswith(".keras"):
         raise FeatcacheError(f"init_head: record {record['id']} ({record['approach']}) has no saved Keras head: "
                              "give the record of an mlp head")
-    features = record["features"]
-    fitted_on = {**features["backbone"], "weights_sha256": features["weights_sha256"]}
+    parts = records.feature_parts(record["features"])
+    if len(parts) > 1:
+        raise FeatcacheError(f"init_head: record {record['id']} was fitted on {len(parts)} fused caches, not on "
+                             "one backbone's features: give the record of an mlp head fitted on this backbone alone")
+    fitted_on = {**parts[0]["backbone"], "weights_sha256": parts[0]["weights_sha256"]}
     wanted = {**spec.to_record(), "weights_sha256": weights_sha256(spec)}
     differences = [f"{key} {fitted_on.get(key)} vs {value}" for key, value in wanted.items()
                    if key != "weights" and fitted_on.get(key) != value]  # the same weights may lie elsewhere

@@ -9,14 +9,17 @@ flipped rows to the training side only inside ``fit``, after the split is chosen
 
 Modes (:data:`MODES`): ``average`` trains on the plain features and scores with the mean of the head's
 class probabilities on both; ``train`` also trains on the flipped features as extra rows, and scores the
-same way; ``ignore`` uses the plain features only. The saved head is always the plain head; what the
-record says (:func:`pipeline_tta`, :func:`around`) rebuilds the same averaging in predict and export.
+same way; ``ignore`` uses the plain features only. With fused caches (all with flip features), a row holds
+every cache's plain features, then every cache's flipped ones, in the same order. The saved head is always
+the plain head; what the record says (:func:`pipeline_tta`, :func:`around`) rebuilds the same averaging in
+predict and export.
 """
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.metaestimators import available_if
 
+from featcache import records
 from featcache.cache import FLIP_MODES as MODES
 
 
@@ -112,26 +115,39 @@ def _views(x):
     return x[:, :width], x[:, width:]
 
 
+def side_by_side(outputs: list, paired: bool) -> np.ndarray:
+    """The features of a fused record's pipelines (one array each, in column order) as its head takes them: side
+    by side; ``paired`` (each output [plain | flipped]): every plain part, then every flipped part."""
+    if not paired:
+        return np.hstack(outputs)
+    rows = len(outputs[0])
+    return np.concatenate([out.reshape(rows, 2, -1) for out in outputs], axis=2).reshape(rows, -1)
+
+
 def unwrapped(estimator):
     """The head inside a :class:`Flipped` (what is saved), else ``estimator`` itself."""
     return estimator.estimator if isinstance(estimator, Flipped) else estimator
 
 
-def pipeline_tta(features: dict) -> str:
-    """The ``tta`` of the feature model a record's head takes (``features``: the record's "features"): the cache's,
-    except "none" for a head fitted on the plain features of a flip cache (flip mode "ignore")."""
-    tta = features.get("tta", "none")
-    return "none" if tta == "flip" and features.get("flip") in (None, "ignore") else tta
+def pipeline_tta(part: dict) -> str:
+    """The ``tta`` of the feature model a record's head takes from one of its caches (``part``: one of
+    :func:`featcache.records.feature_parts`): the cache's, except "none" for a head fitted on the plain features
+    of a flip cache (flip mode "ignore")."""
+    tta = part.get("tta", "none")
+    return "none" if tta == "flip" and part.get("flip") in (None, "ignore") else tta
 
 
 def around(head, features: dict):
-    """A record's saved head as it scores images: :class:`Flipped` on paired features when it was fitted so."""
-    return Flipped(head, features["flip"]) if pipeline_tta(features) == "flip" else head
+    """A record's saved head (``features``: the record's) as it scores images: :class:`Flipped` on paired features
+    when it was fitted so."""
+    paired = [part for part in records.feature_parts(features) if pipeline_tta(part) == "flip"]
+    return Flipped(head, paired[0]["flip"]) if paired else head
 
 
-def label(features: dict) -> str:
-    """What a report's approach adds for flip averaging: "", " +flip-mean", " +flip" or " +flip-train"."""
-    tta, mode = features.get("tta", "none"), features.get("flip")
-    if tta == "flip-mean":
-        return " +flip-mean"
-    return {"average": " +flip", "train": " +flip-train"}.get(mode, "") if tta == "flip" else ""
+def label(parts: list) -> str:
+    """What a report's approach adds for flip TTA (``parts``: a record's feature parts): " +flip-mean" for
+    flip-mean caches, " +flip" or " +flip-train" for flip averaging."""
+    tags = ["flip-mean"] if any(part.get("tta") == "flip-mean" for part in parts) else []
+    modes = {part.get("flip") for part in parts}
+    tags += [tag for mode, tag in (("average", "flip"), ("train", "flip-train")) if mode in modes]
+    return "".join(f" +{tag}" for tag in tags)

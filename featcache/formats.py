@@ -1,7 +1,8 @@
 """Format versions of the files featcache writes (caches, records, exports).
 
 A file carries ``"<name>/<version>"``. A reader accepts the current version and the one before it
-(which its module migrates), and says clearly when a file is newer than this library.
+(which its module migrates), or older ones where its module migrates them too (records), and says
+clearly when a file is newer than this library.
 """
 
 from featcache.errors import FeatcacheError
@@ -15,13 +16,14 @@ def version_of(text, name: str, where) -> int:
     return int(number)
 
 
-def check_version(text, name: str, current: int, where) -> int:
-    """The file's version when this library reads it (current or current - 1); else a clear error."""
+def check_version(text, name: str, current: int, where, oldest: int | None = None) -> int:
+    """The file's version when this library reads it (``oldest``, by default current - 1, up to current); else
+    a clear error."""
     version = version_of(text, name, where)
     if version > current:
         raise FeatcacheError(f"{where} was written by a newer featcache ({name}/{version}; this one reads "
                              f"up to /{current}): upgrade featcache with `pip install -U featcache`")
-    if version < current - 1:
+    if version < (current - 1 if oldest is None else oldest):
         raise FeatcacheError(f"{where} is in an old format ({name}/{version}) this featcache no longer reads: "
                              "make it again")
     return version

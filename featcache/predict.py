@@ -1,9 +1,10 @@
 """Classify new images with the model of a result record.
 
-The feature pipeline is rebuilt from the record's provenance (backbone, weights, input size,
-pooling, preprocessing), never re-typed by the user, and refused when the weights file no longer
-matches the hash the record was made with. Images stream through the same image pipeline as
-extraction (:mod:`featcache.images`), so a folder of 100,000 images is classified in flat memory.
+The feature pipeline (each of them, for a head on fused caches) is rebuilt from the record's
+provenance (backbone, weights, input size, pooling, preprocessing), never re-typed by the user, and
+refused when the weights file no longer matches the hash the record was made with. Images stream
+through the same image pipeline as extraction (:mod:`featcache.images`), so a folder of 100,000
+images is classified in flat memory.
 """
 
 import csv
@@ -52,32 +53,44 @@ def choose_record(ref: str, root=None, dataset=None, label_set=None, on_unreadab
     return max(candidates, key=lambda r: (r["cv"]["summary"]["accuracy"]["mean"], (r.get("test") or {}).get("accuracy", -1)))
 
 
-def feature_spec(record: dict) -> BackboneSpec:
-    """The backbone settings that produced the record's features, checked against the weights hash."""
+def feature_specs(record: dict) -> list[tuple[BackboneSpec, dict]]:
+    """(backbone settings, recorded part) of each feature pipeline of the record (one per fused cache, in
+    column order), each checked against the hash of the weights it was made with."""
     features = record.get("features")
     if not features:
         raise FeatcacheError(f"record {record['id']} has no feature pipeline (it is a {record['kind']} model)")
-    spec = BackboneSpec.from_record(features["backbone"])
-    recorded, current = features["weights_sha256"], weights_sha256(spec)
+    return [(_checked_spec(part, record["id"]), part) for part in records.feature_parts(features)]
+
+
+def _checked_spec(part: dict, record_id: str) -> BackboneSpec:
+    spec = BackboneSpec.from_record(part["backbone"])
+    recorded, current = part["weights_sha256"], weights_sha256(spec)
     if spec.weights == "imagenet" and current is None:
-        return spec  # not downloaded yet: Keras' loader fetches the file, checked again in load_pipeline
+        return spec  # not downloaded yet: Keras' loader fetches the file, checked again in check_downloaded
     if recorded != current:
         raise FeatcacheError(
-            f"the {spec.name} weights ({spec.weights}) have sha256 {str(current)[:12]}, but record {record['id']} "
+            f"the {spec.name} weights ({spec.weights}) have sha256 {str(current)[:12]}, but record {record_id} "
             f"was made with {str(recorded)[:12]}: restore that weights file or fit again"
         )
     return spec
 
 
-def record_feature_model(record: dict, spec: BackboneSpec, input_dtype: str = "float32"):
-    """The image -> feature model the record's head takes: its cache's backbone, compute settings and flip
-    averaging (:func:`featcache.flips.pipeline_tta`)."""
-    return feature_model(spec, recorded_compute(record), input_dtype, tta=flips.pipeline_tta(record["features"]))
+def check_downloaded(spec: BackboneSpec, part: dict, record_id: str) -> None:
+    """Once the model is built (so ImageNet weights are downloaded): the weights are those of the record."""
+    if part["weights_sha256"] != weights_sha256(spec):
+        raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record_id}")
 
 
-def recorded_compute(record: dict) -> Compute:
-    """The precision and XLA setting the record's features were computed with, on this process's backend."""
-    used = record["features"].get("compute") or {}
+def part_feature_model(spec: BackboneSpec, part: dict, input_dtype: str = "float32"):
+    """The image -> feature model of one of a record's feature pipelines (``part``): its backbone, compute settings
+    and flip averaging (:func:`featcache.flips.pipeline_tta`)."""
+    return feature_model(spec, recorded_compute(part), input_dtype, tta=flips.pipeline_tta(part))
+
+
+def recorded_compute(part: dict) -> Compute:
+    """The precision and XLA setting a record's features (``part``: one of its feature pipelines) were computed
+    with, on this process's backend."""
+    used = part.get("compute") or {}
     return Compute(backend_name(), used.get("precision", "float32"), used.get("xla", False))
 
 
@@ -179,13 +192,28 @@ def record_pipeline(record: dict, batch_size: int):
 
 
 def head_on_features(record: dict, batch_size: int, n_classes: int):
-    """(images -> preprocessed batches, batch -> probabilities) of a head on the record's backbone features."""
-    spec, head = feature_spec(record), load_head(record)
-    run = forward(record_feature_model(record, spec), batch_size)
-    if record["features"]["weights_sha256"] != weights_sha256(spec):
-        raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record['id']}")
-    return (lambda images: HostBatches(images, 0, len(images), batch_size, Framing.of(spec)),
-            lambda batch: probabilities(head, run(batch), n_classes))
+    """(images -> preprocessed batches, batch -> probabilities) of a head on the record's backbone features: each
+    feature pipeline (one per fused cache) runs on its own framing of the images, and the head gets their
+    features side by side, in the recorded order (:func:`featcache.flips.side_by_side`). A batch holds one host
+    batch per distinct framing."""
+    specs, head = feature_specs(record), load_head(record)
+    runs = []
+    for spec, part in specs:
+        runs.append(forward(part_feature_model(spec, part), batch_size))
+        check_downloaded(spec, part, record["id"])
+    framings = [Framing.of(spec) for spec, _ in specs]
+    distinct = list(dict.fromkeys(framings))  # the same images at the same framing are read once
+    paired = isinstance(head, flips.Flipped)
+
+    def batches(images):
+        return zip(*(HostBatches(images, 0, len(images), batch_size, framing) for framing in distinct))
+
+    def probabilities_of(batch):
+        framed = dict(zip(distinct, batch))
+        features = flips.side_by_side([run(framed[f]) for run, f in zip(runs, framings)], paired)
+        return probabilities(head, features, n_classes)
+
+    return batches, probabilities_of
 
 
 def trained_model(record: dict, batch_size: int):

@@ -6,7 +6,7 @@ Every stage that produces a classifier (``fit`` for heads on cached features, ``
 A record is a plain dict:
 
     {
-      "format": "featcache-result/2",
+      "format": "featcache-result/3",
       "id": "20261125-101500-svm-3f9a1c",          # folder name under <root>/results/
       "created": "2026-11-25T10:15:00+00:00",
       "kind": "head" | "finetune" | "scratch",
@@ -15,11 +15,12 @@ A record is a plain dict:
       "params": {...},                             # the estimator's get_params(), JSON-able
       "dataset": {"name", "fingerprint", "label_set", "class_names": [...], "n_train", "n_test",
                   "class_counts": [training images per class] | null},
-      "features": {"backbone": BackboneSpec.to_record(), "weights_sha256", "preprocessing", "dtype",
+      "features": {"backbone": BackboneSpec.to_record(), "weights_sha256", "preprocessing", "dtype", "compute",
                    "cache_key", "cache_file",
                    "tta": "none" | "flip" | "flip-mean",   # the cache's test-time augmentation (absent: none)
-                   "flip": "average" | "train" | "ignore" | null}   # how the fit used flip features (tta flip)
+                   "flip": "average" | "train" | "ignore" | null}   # how the fit used its flip features
                                                    # heads on cached features; null otherwise
+                | {"parts": [one such dict per cache, in column order]}   # heads on fused caches (new in /3)
       "model": {"backbone": BackboneSpec.to_record() (finetune) | null, "architecture": null | "wrn-28-10",
                 "weights_sha256", "input_size", "preprocessing", ...settings}   # finetune/scratch; null for heads
       "cv": {"folds", "seed", "grid": {parameter: values} | null (heads),
@@ -39,8 +40,9 @@ A record is a plain dict:
       "machine": {"platform", "processor", "cpu_count", "gpu"}
     }
 
-Metrics a head cannot produce (log loss without probabilities) are null. Version 1 records (flat
-backbone fields) are read and migrated by :func:`migrate_v1`.
+Metrics a head cannot produce (log loss without probabilities) are null. Older records are read
+and migrated: version 1 (flat backbone fields) by :func:`migrate_v1`, version 2 (no fused features,
+otherwise the same) as it is. :func:`feature_parts` gives the feature pipelines of either shape.
 
 A folder without record.json is an unfinished run: a finetune/scratch run with its run.json
 (resumable), a fit that is still writing (it holds fit.lock, :class:`RunLock`), or the leftover of
@@ -62,7 +64,7 @@ from featcache._version import __version__
 from featcache.errors import FeatcacheError
 from featcache.files import lock_held, write_json
 
-FORMAT_NAME, FORMAT_VERSION = "featcache-result", 2
+FORMAT_NAME, FORMAT_VERSION = "featcache-result", 3
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 RECORD_FILE = "record.json"
 RUN_FILE = "run.json"  # a resumable finetune/scratch run (featcache.training): never a leftover
@@ -171,9 +173,8 @@ def read_record(path: Path) -> dict:
         raise FeatcacheError(f"{path} is not readable JSON ({exc}): remove it with `featcache results rm`") from None
     if not isinstance(record, dict):
         raise FeatcacheError(f"{path} is not a featcache result record")
-    version = formats.check_version(record.get("format"), FORMAT_NAME, FORMAT_VERSION, path)
-    if version == FORMAT_VERSION - 1:
-        record = migrate_v1(record)
+    version = formats.check_version(record.get("format"), FORMAT_NAME, FORMAT_VERSION, path, oldest=1)
+    record = migrate_v1(record) if version == 1 else {**record, "format": FORMAT}
     missing = _missing(record, REQUIRED) or [f"{part}.{key}" for part, fields in REQUIRED_IN.items()
                                              for key in _missing(record[part], fields)]
     if missing:
@@ -189,7 +190,7 @@ def _missing(values: dict, fields: dict) -> list[str]:
 
 
 def migrate_v1(record: dict) -> dict:
-    """featcache-result/1 -> /2: the flat backbone fields become one ``backbone`` dict (BackboneSpec.to_record)."""
+    """featcache-result/1 -> /3: the flat backbone fields become one ``backbone`` dict (BackboneSpec.to_record)."""
     record = {**record, "format": FORMAT}
 
     def nested(flat: dict, moved=("backbone", "backbone_args", "weights", "seed", "pooling", "input_size")) -> dict:
@@ -291,9 +292,16 @@ def remove_leftovers(root=None) -> list[Path]:
     return found
 
 
+def feature_parts(features: dict) -> list[dict]:
+    """The feature pipelines of a record's ``features``, in the order of their columns: the ``parts`` of fused
+    caches, else the one."""
+    return features.get("parts") or [features]
+
+
 def fit_settings(record: dict) -> str | None:
-    """What makes two fitted heads the same fit (cache, label set, head and its parameters, folds, seed,
-    grid, test split, flip mode), as canonical JSON; None for finetune and scratch records."""
+    """What makes two fitted heads the same fit (cache or fused caches in order, label set, head and its
+    parameters, folds, seed, grid, test split, flip mode), as canonical JSON; None for finetune and scratch
+    records."""
     if record["kind"] != "head" or not record.get("features"):
         return None
     grid = record["cv"].get("grid") or {}
@@ -301,17 +309,23 @@ def fit_settings(record: dict) -> str | None:
     curve = record.get("shots")
     shots = [[p["shots"] for p in curve["points"]], curve["repeats"]] if curve else None
     chosen = {*grid, swept, *(record["cv"].get("sweep") or {}).get("also", {})}
-    return json.dumps([record["features"].get("cache_key"), record["dataset"]["label_set"], record["head"],
+    parts = feature_parts(record["features"])
+    keys = [part.get("cache_key") for part in parts]
+    return json.dumps([keys[0] if len(keys) == 1 else keys, record["dataset"]["label_set"], record["head"],
                        {k: v for k, v in record.get("params", {}).items() if k not in chosen}, record["cv"]["folds"],
                        record["cv"]["seed"], grid, swept, shots, record.get("test") is not None,
-                       record["features"].get("flip")], sort_keys=True,
-                      default=_jsonable)
+                       [part.get("flip") for part in parts]], sort_keys=True, default=_jsonable)
 
 
-def pipeline(record: dict) -> dict:
-    """What produced the inputs of a record's model, flat, for tables: backbone (or architecture), its
-    options, weights and hash, input size, pooling and cache key."""
-    source = record.get("features") or record.get("model") or {}
+def pipelines(record: dict) -> list[dict]:
+    """What produced the inputs of a record's model, flat, for tables: one dict per feature pipeline (several for
+    fused caches) with the backbone (or architecture), its options, weights and hash, input size, pooling and
+    cache key."""
+    sources = feature_parts(record["features"]) if record.get("features") else [record.get("model") or {}]
+    return [_pipeline(source) for source in sources]
+
+
+def _pipeline(source: dict) -> dict:
     backbone = source.get("backbone") or {}
     return {"backbone": backbone.get("name") or source.get("architecture"), "options": backbone.get("options"),
             "weights": backbone.get("weights") or ("none" if source.get("architecture") else None),

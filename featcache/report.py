@@ -16,7 +16,7 @@ from pathlib import Path
 from featcache import report_plots as plots
 from featcache.errors import FeatcacheError
 from featcache.files import check_writable
-from featcache.records import pipeline
+from featcache.records import pipelines
 from featcache.report_tables import (Entry, confusion_table, dataset_table, environment_table, features_table,
                                      fold_table, paired_table, per_class_table, rank, summary_table)
 from featcache.stats import most_confused
@@ -102,7 +102,7 @@ def _filter_values(record: dict) -> dict[str, set]:
     dataset = record["dataset"]
     return {
         "dataset": {dataset.get("name"), dataset.get("fingerprint")},
-        "backbone": {pipeline(record).get("backbone")},
+        "backbone": {p["backbone"] for p in pipelines(record)},
         "label set": {dataset.get("label_set")},
     }
 

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from featcache.evaluation import imbalance, per_class
-from featcache.records import pipeline
+from featcache.records import pipelines
 from featcache.stats import Confusion, corrected_resampled_ttest
 
 MISSING = "—"
@@ -171,16 +171,17 @@ def dataset_table(record: dict) -> Table:
 
 
 def features_table(entries: list[Entry]) -> Table:
+    """The feature pipeline of each approach: one row each of the caches a fused approach was fitted on."""
     headers = ["Approach", "Kind", "Backbone", "Weights", "Weights sha256", "Input size", "Pooling", "Cache key"]
     rows = []
     for e in entries:
-        p = pipeline(e.record)
-        sha = p.get("weights_sha256")
-        options = ", ".join(f"{k}={v}" for k, v in sorted((p.get("options") or {}).items()))
-        backbone = f"{p['backbone']} ({options})" if options and p.get("backbone") else p.get("backbone")
-        rows.append([e.label, e.record["kind"], _text(backbone), _text(p.get("weights")),
-                     sha[:12] if sha else MISSING, _text(p.get("input_size")), _text(p.get("pooling")),
-                     _text(p.get("cache_key"))])
+        for p in pipelines(e.record):
+            sha = p.get("weights_sha256")
+            options = ", ".join(f"{k}={v}" for k, v in sorted((p.get("options") or {}).items()))
+            backbone = f"{p['backbone']} ({options})" if options and p.get("backbone") else p.get("backbone")
+            rows.append([e.label, e.record["kind"], _text(backbone), _text(p.get("weights")),
+                         sha[:12] if sha else MISSING, _text(p.get("input_size")), _text(p.get("pooling")),
+                         _text(p.get("cache_key"))])
     return Table(headers, rows, "l" * len(headers))
 
 

@@ -47,9 +47,11 @@ def write_classes(folder: Path, classes: list, count: int) -> Path:
     return folder
 
 
-def write_cache(root: Path, x, y, x_test=None, y_test=None, class_names=None, spec=None, flipped=None):
+def write_cache(root: Path, x, y, x_test=None, y_test=None, class_names=None, spec=None, fingerprint=None,
+                dtype="float32", flipped=None):
     """A finished cache file of the given features, written by the cache's own writer (as extract does);
-    ``flipped``: the flip features of the training split (and of the test split), as with tta="flip"."""
+    ``fingerprint``: of its images (default: one of its own); ``flipped``: the flip features of the training
+    split (and of the test split), as with tta="flip"."""
     from featcache import cache
     from featcache.backbones import make_spec
     from featcache.compute import resolve
@@ -62,21 +64,21 @@ def write_cache(root: Path, x, y, x_test=None, y_test=None, class_names=None, sp
         x_test = np.hstack([x_test, flipped[1]]) if x_test is not None else None
     arrays = {"train": (x, y), **({"test": (x_test, y_test)} if x_test is not None else {})}
     rows = {split: len(features) for split, (features, _) in arrays.items()}
-    key = cache.cache_key(f"arrays-{sum(rows.values())}-{float(np.sum(x)):.6f}", spec, None, "float32",
-                          resolve(), tta)
+    key = cache.cache_key(f"arrays-{sum(rows.values())}-{float(np.sum(x)):.6f}", spec, None, dtype, resolve(), tta)
     stem = cache.cache_stem("arrays", spec, key)
-    provenance = {"key": key, "dataset": {"name": "arrays", "fingerprint": key[:32], "label_sets": ["label"]},
+    provenance = {"key": key,
+                  "dataset": {"name": "arrays", "fingerprint": fingerprint or key[:32], "label_sets": ["label"]},
                   "backbone": spec.to_record(), "weights_sha256": None, "preprocessing": "none",
-                  "dtype": "float32", "tta": tta, "rows": rows, "skipped": []}
+                  "dtype": dtype, "tta": tta, "rows": rows, "skipped": []}
     partial = cache.PartialExtraction(stem, {"key": key, "rows": rows, "provenance": provenance}, root)
     for split, (features, _) in arrays.items():
         for index, start in enumerate(range(0, len(features), cache.CHUNK_ROWS)):
-            partial.write_chunk(split, index, np.asarray(features[start:start + cache.CHUNK_ROWS], np.float32))
+            partial.write_chunk(split, index, np.asarray(features[start:start + cache.CHUNK_ROWS], dtype))
     splits = {split: {"rows": len(features), "width": features.shape[1] // len(cache.feature_sets(tta)),
                       "labels": {"label": labels}}
               for split, (features, labels) in arrays.items()}
     path = cache.file_path(stem, root)
-    cache.write_cache_file(path, partial, splits, {"label": class_names}, provenance, "float32")
+    cache.write_cache_file(path, partial, splits, {"label": class_names}, provenance, dtype)
     partial.remove()
     return cache.FeatureCache(path)
 

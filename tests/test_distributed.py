@@ -164,6 +164,23 @@ def test_fit_on_the_cluster_gives_the_local_fold_metrics(cluster, root):
         assert _metrics(remote[record["head"]]) == _metrics(record)
 
 
+def test_a_fused_fit_on_the_cluster_gives_the_local_fold_metrics(cluster, root):
+    rng = np.random.default_rng(1)
+    y = np.arange(300) % 3
+    specs = [make_spec("mobilenetv2", input_size=size, weights="none", options={"alpha": 0.35}) for size in (32, 48)]
+    found = [write_cache(root, rng.normal(size=(300, width)).astype(np.float32) + y[:, None], y, spec=spec,
+                         fingerprint="the-same-images") for width, spec in zip((16, 8), specs)]
+    local = fit_heads({"logreg": make_head("logreg")}, load_features(found), folds=3, jobs=-1, root=root,
+                      progress=False)[0]
+    code, out = run("fit", "--head", "logreg", "--folds", "3", "--cache", found[0].path.stem, "--cache",
+                    found[1].path.stem, "--scheduler", cluster[0])
+    assert code == 0, out
+    assert f"replaces the identical earlier record {local['id']}" in out
+    [remote] = records.list_records(root)
+    assert [p["cache_key"] for p in remote["features"]["parts"]] == [f.key for f in found]
+    assert _metrics(remote) == _metrics(local)
+
+
 def _metrics(record) -> list[dict]:
     """Fold metrics without timings; log loss within 1e-8 (the last bits of lbfgs' sums differ with the memory
     layout of the arrays a worker unpickles), every other metric exactly."""

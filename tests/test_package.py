@@ -83,23 +83,26 @@ def fitted(root):
                                root=root, progress=False)[0]
 
 
-def test_a_previous_version_record_is_migrated(root, fitted):
-    from featcache.predict import feature_spec
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_previous_version_record_is_migrated(root, fitted, version):
+    """featcache-result/1 (flat backbone fields) and /2 (the current shape, without fused features) still load."""
+    from featcache.predict import feature_specs
 
     path = records.record_folder(fitted["id"], root) / records.RECORD_FILE
     current = json.loads(path.read_text())
-    path.write_text(json.dumps(_v1(current)))
+    path.write_text(json.dumps(_v1(current) if version == 1 else {**current, "format": "featcache-result/2"}))
     migrated = records.load_record(fitted["id"], root)
     assert migrated["format"] == records.FORMAT
     assert migrated["features"] == current["features"] and migrated["model"] is None
-    assert feature_spec(migrated).to_record() == current["features"]["backbone"]
+    assert [spec.to_record() for spec, _ in feature_specs(migrated)] == [current["features"]["backbone"]]
+    assert records.fit_settings(migrated) == records.fit_settings(current)  # a rerun still replaces it
     assert [r["id"] for r in records.list_records(root)] == [fitted["id"]]
 
 
 def test_a_record_from_a_newer_featcache_is_refused_clearly(root, fitted):
     path = records.record_folder(fitted["id"], root) / records.RECORD_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), "format": "featcache-result/9"}))
-    with pytest.raises(FeatcacheError, match=r"written by a newer featcache \(featcache-result/9; this one reads up to /2\)"):
+    with pytest.raises(FeatcacheError, match=r"written by a newer featcache \(featcache-result/9; this one reads up to /3\)"):
         records.load_record(fitted["id"], root)
 
 

@@ -53,6 +53,32 @@ def test_binary_logreg_has_the_cpu_objective(data):
     np.testing.assert_allclose(gpu_path.predict_proba(x_test), cpu.predict_proba(x_test), atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_keras_solver_weighs_classes_as_the_cpu_head(name, data):
+    """class_weight="balanced" on an imbalanced set: the same weighted objective on both paths, and it
+    moves the optimum (the minority class gains recall)."""
+    (x, y), (x_test, y_test) = data
+    keep = (y >= 3) | (np.arange(len(y)) % 8 == 0)  # classes 0-2 at 1/8 of their images
+    x, y = x[keep], y[keep]
+    cpu = heads.make_head(name, solver="lbfgs", class_weight="balanced").fit(x, y)
+    gpu_path = heads.make_head(name, solver="keras", class_weight="balanced").fit(x, y)
+    np.testing.assert_allclose(gpu_path.predict_proba(x_test), cpu.predict_proba(x_test), atol=0.01)
+    plain = heads.make_head(name, solver="keras").fit(x, y)
+    minority = y_test < 3
+    assert accuracy(gpu_path, x_test[minority], y_test[minority]) > accuracy(plain, x_test[minority], y_test[minority])
+
+
+@pytest.mark.parametrize("name", ["logreg", "svm"])
+def test_keras_solver_warm_start_starts_from_the_previous_weights(name, data):
+    (x, y), (x_test, _) = data
+    cold = heads.make_head(name, solver="keras", C=0.5).fit(x, y)
+    warm = heads.make_head(name, solver="keras", C=0.05, warm_start=True).fit(x, y)
+    warm.set_params(C=0.5).fit(x, y)  # from the C=0.05 optimum to C=0.5's (the same within L-BFGS's tolerance)
+    np.testing.assert_allclose(warm.predict_proba(x_test), cold.predict_proba(x_test), atol=0.01)
+    again = warm.fit(x, y)  # from C=0.5's optimum itself: nothing left to do
+    assert again.n_iter_ <= 2 < cold.n_iter_
+
+
 def test_auto_picks_keras_when_keras_sees_a_gpu(monkeypatch, data):
     """With a GPU the batches are moved to it once: on the CPU here, the same code path."""
     (x, y), (x_test, y_test) = data
@@ -91,9 +117,11 @@ class ArrayCache:
         self.x, self.y = x, y
         self.splits, self.label_sets, self.flip = ["train"], ["label"], False
         self.class_names = {"label": [str(c) for c in range(y.max() + 1)]}
+        self.rows, self.width, self.dtype = {"train": len(x)}, x.shape[1], str(x.dtype)
 
-    def features(self, split):
-        return self.x
+    def features(self, split, out, column, flip=False):
+        out[:, column:column + self.width] = self.x
+        return out
 
     def labels(self, split, label_set):
         return self.y

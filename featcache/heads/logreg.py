@@ -7,8 +7,8 @@ from scipy.special import softmax
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from featcache.heads.base import CLASS_WEIGHT, POSITIVE, POSITIVE_INT, Head
-from featcache.heads.solver import SOLVERS, affine, choose_solver, fit_linear
+from featcache.heads.base import CLASS_WEIGHT, POSITIVE, POSITIVE_INT, Head, sample_weights
+from featcache.heads.solver import SOLVERS, affine, fit_linear, resolve_solver, warm_weights
 from featcache.params import BOOLEAN, Options
 from featcache.sweeps import C_SWEEP
 
@@ -45,10 +45,10 @@ class LogisticRegressionHead(Head):
         self.copy = copy
 
     def _fit_on_raw(self):
-        return choose_solver(self) == "keras" and not self.pca
+        return resolve_solver(self.solver) == "keras" and not self.pca
 
     def _fit(self, z, codes):
-        self.solver_ = choose_solver(self)
+        self.solver_ = resolve_solver(self.solver)
         if self.solver_ == "keras":
             # scikit-learn's lbfgs options for LogisticRegression
             options = {"maxiter": self.max_iter, "maxls": 50, "gtol": self.tol, "ftol": 64 * np.finfo(float).eps}
@@ -56,8 +56,10 @@ class LogisticRegressionHead(Head):
             # w1 = -w2 = v / 2, carry half its squared norm: C / 2 here gives the same objective
             C = self.C / 2 if len(self.classes_) == 2 else self.C
             scaler = self.front_[0] if self._fit_on_raw() else None
-            self.coef_, self.n_iter_ = fit_linear(z, codes, len(self.classes_), "softmax", C, options,
-                                                  self.batch_size, scaler)
+            n_classes = len(self.classes_)
+            self.coef_, self.n_iter_ = fit_linear(z, codes, n_classes, "softmax", C, options, self.batch_size, scaler,
+                                                  sample_weight=sample_weights(self.class_weight, codes),
+                                                  start=warm_weights(self, (z.shape[1] + 1, n_classes)))
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)

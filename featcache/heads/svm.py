@@ -22,7 +22,7 @@ from sklearn.kernel_approximation import Nystroem
 
 from featcache.heads.base import (CLASS_WEIGHT, FRACTION, POSITIVE, POSITIVE_INT, Head, sample_weights, standardised,
                                   validation_slice)
-from featcache.heads.solver import SOLVERS, affine, choose_solver, fit_linear
+from featcache.heads.solver import SOLVERS, affine, fit_linear, resolve_solver, warm_weights
 from featcache.params import BOOLEAN, Options
 from featcache.shots import Holdout
 from featcache.sweeps import C_SWEEP
@@ -56,10 +56,10 @@ class SVMHead(Head):
         self.copy = copy
 
     def _fit_on_raw(self):
-        return choose_solver(self) == "keras" and not self.pca and self.kernel == "linear"
+        return resolve_solver(self.solver) == "keras" and not self.pca and self.kernel == "linear"
 
     def _fit(self, z, codes):
-        self.solver_ = choose_solver(self)
+        self.solver_ = resolve_solver(self.solver)
         if self.kernel == "rbf":
             gamma = self.gamma or 1.0 / z.shape[1]  # standardised features: scikit-learn's gamma="scale"
             self.kernel_map_ = Nystroem(gamma=gamma, n_components=min(self.n_components, len(z)),
@@ -69,17 +69,16 @@ class SVMHead(Head):
         calibrated = self.calibration_fraction is not None  # None: every row trains the SVM, temperature 1
         fit_rows, calibration_rows = validation_slice(codes, self.calibration_fraction, self.random_state) \
             if calibrated else (np.arange(len(codes)), np.arange(0))
+        start = warm_weights(self, (z.shape[1] + 1, n_classes))
+        row_weights = sample_weights(self.class_weight, codes[fit_rows])
         if self.solver_ == "keras":
             scaler = self.front_[0] if self._fit_on_raw() else None
             self.coef_, self.n_iter_ = fit_linear(z, codes, n_classes, "squared_hinge", self.C, {"maxiter": self.max_iter},
-                                                  self.batch_size, scaler, fit_rows)
+                                                  self.batch_size, scaler, fit_rows, row_weights, start)
             calibration = z[calibration_rows] if scaler is None else standardised(z[calibration_rows], scaler)
         else:
-            previous = getattr(self, "coef_", None) if self.warm_start else None
-            start = previous if previous is not None and previous.shape == (z.shape[1] + 1, n_classes) else None
             self.coef_, self.n_iter_ = squared_hinge_ovr(z[fit_rows], codes[fit_rows], n_classes, self.C,
-                                                         self.max_iter, sample_weights(self.class_weight,
-                                                                                       codes[fit_rows]), start)
+                                                         self.max_iter, row_weights, start)
             calibration = z[calibration_rows]
         self.temperature_ = fit_temperature(affine(calibration, self.coef_), codes[calibration_rows]) \
             if calibrated else 1.0
