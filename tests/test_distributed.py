@@ -132,11 +132,12 @@ def test_sharded_flip_extraction_gives_the_local_flip_features(cluster, spec, tm
     found = cache.FeatureCache(result.path)
     assert found.key == local.key and len(found.shard_files) == 3 and found.flip and cache.verify(result.path) == []
     for split in local.splits:
-        assert np.array_equal(found.paired_features(split), local.paired_features(split))
+        for flip in (False, True):
+            assert np.array_equal(found.features(split, flip=flip), local.features(split, flip=flip))
     cache.consolidate(result.path, tmp_path / "sharded")
     consolidated = cache.FeatureCache(result.path)
     assert not consolidated.shard_files and consolidated.feature_sets == local.feature_sets
-    assert np.array_equal(consolidated.paired_features("train"), local.paired_features("train"))
+    assert np.array_equal(consolidated.features("train", flip=True), local.features("train", flip=True))
 
 
 def test_image_files_of_mixed_sizes_give_the_local_features(cluster, spec, tmp_path):

@@ -142,7 +142,7 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path, tta):
     assert killed.feature_sets == fresh.feature_sets == cache.feature_sets(tta)
     for split in ("train", "test"):
         for flip in (False, True) if tta == "flip" else (False,):
-            assert np.array_equal(killed.features(split, flip), fresh.features(split, flip))
+            assert np.array_equal(killed.features(split, flip=flip), fresh.features(split, flip=flip))
 
 
 def test_verify_finds_a_damaged_file_and_rm_removes_it(root, small_spec):

@@ -1,5 +1,7 @@
 """Flip test-time augmentation: extract --tta, fit --flip, and predict and export averaging the same."""
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from conftest import write_cache, write_classes
 from sklearn.metrics import log_loss
 
 from featcache import cache, cv, evaluation, flips, heads, records
+from featcache.errors import ParameterError
 from featcache.cli import main
 from featcache.compute import Compute, resolve
 from featcache.datasets import load_dataset
@@ -48,8 +51,7 @@ def test_flip_features_of_a_symmetric_image_equal_the_plain_ones(extracted):
     assert np.abs(plain[0] - flipped[0]).max() <= 1e-5 * largest(plain)
     assert np.abs(plain[1] - flipped[1]).max() > 1e-2 * largest(plain)  # an asymmetric image's differ
     np.testing.assert_allclose(plain, extracted["none"].features("train"), rtol=0, atol=1e-6 * largest(plain))
-    paired = found.paired_features("train")
-    assert np.array_equal(paired, np.hstack([plain, flipped]))
+    assert np.array_equal(cv.load_features(found).x_train, np.hstack([plain, flipped]))  # one row an image
 
 
 def test_flip_mean_stores_the_mean_of_the_flip_datasets(extracted):
@@ -206,20 +208,24 @@ def test_cli_extract_tta_and_fit_flip(root):
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, small_spec):
-    """Images of 3 classes extracted with tta flip and flip-mean, and records fitted on them."""
+    """Images of 3 classes extracted with tta flip and flip-mean (and flip with max pooling, to fuse), and records
+    fitted on them."""
     base = tmp_path_factory.mktemp("flip-predict")
     root = base / "cache"
     dataset = load_dataset(f"folder:{write_classes(base / 'images', CLASSES, 6)}")
     found = {tta: cache.FeatureCache(extract(dataset, small_spec, root, progress=False, tta=tta).path)
              for tta in ("flip", "flip-mean")}
+    found["max"] = cache.FeatureCache(extract(dataset, replace(small_spec, pooling="max"), root, progress=False,
+                                              tta="flip").path)
     fit = dict(folds=2, root=root, progress=False)
-    saved = {
-        "logreg": cv.fit_heads({"logreg": heads.make_head("logreg")}, cv.load_features(found["flip"]), **fit)[0],
-        "mlp": cv.fit_heads({"mlp": heads.make_head("mlp", epochs=3)}, cv.load_features(found["flip"]), **fit)[0],
-        "ignore": cv.fit_heads({"logreg": heads.make_head("logreg")}, cv.load_features(found["flip"]), flip="ignore",
-                               **fit)[0],
-        "mean": cv.fit_heads({"logreg": heads.make_head("logreg")}, cv.load_features(found["flip-mean"]), **fit)[0],
-    }
+
+    def fitted_on(caches, name="logreg", **options):
+        head = heads.make_head(name, **({"epochs": 3} if name == "mlp" else {}))
+        return cv.fit_heads({name: head}, cv.load_features([found[c] for c in caches]), **fit, **options)[0]
+
+    saved = {"logreg": fitted_on(["flip"]), "mlp": fitted_on(["flip"], "mlp"),
+             "ignore": fitted_on(["flip"], flip="ignore"), "mean": fitted_on(["flip-mean"]),
+             "fused": fitted_on(["flip", "max"]), "fused-mlp": fitted_on(["flip", "max"], "mlp")}
     paths = [str(p) for p in dataset.splits["all"].images.paths]
     return {"records": {k: records.load_record(r["id"], root) for k, r in saved.items()}, "paths": paths,
             "images": base / "images", "caches": found}
@@ -232,12 +238,14 @@ def by_hand(record, features: np.ndarray, paths):
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("name", ["logreg", "mlp", "ignore", "mean"])
+@pytest.mark.parametrize("name", ["logreg", "mlp", "ignore", "mean", "fused", "fused-mlp"])
 def test_predict_of_a_flip_record_averages_as_the_fit_did(fitted, name):
     record, found = fitted["records"][name], fitted["caches"]
     views = {"logreg": [found["flip"].features("all"), found["flip"].features("all", flip=True)],
-             "ignore": [found["flip"].features("all")], "mean": [found["flip-mean"].features("all")]}
-    views["mlp"] = views["logreg"]
+             "ignore": [found["flip"].features("all")], "mean": [found["flip-mean"].features("all")],
+             "fused": [np.hstack([found[c].features("all", flip=flip) for c in ("flip", "max")])
+                       for flip in (False, True)]}
+    views["mlp"], views["fused-mlp"] = views["logreg"], views["fused"]
     expected = by_hand(record, views[name], fitted["paths"])
     got, _ = all_probabilities(record, [fitted["images"]])
     assert set(got) == set(expected)
@@ -246,7 +254,8 @@ def test_predict_of_a_flip_record_averages_as_the_fit_did(fitted, name):
 
 
 @pytest.mark.backends
-@pytest.mark.parametrize("name, files", [("logreg", {"backbone.keras", "head.joblib"}), ("mlp", {"model.keras"})])
+@pytest.mark.parametrize("name, files", [("logreg", {"backbone.keras", "head.joblib"}), ("mlp", {"model.keras"}),
+                                         ("fused", {"backbone.keras", "head.joblib"}), ("fused-mlp", {"model.keras"})])
 def test_an_exported_flip_model_averages_like_predict(fitted, name, files, tmp_path):
     record = fitted["records"][name]
     folder = export(record, tmp_path / "exported")
@@ -255,3 +264,13 @@ def test_an_exported_flip_model_averages_like_predict(fitted, name, files, tmp_p
     paths = sorted(expected)
     np.testing.assert_allclose(load_model(folder).predict_proba(paths), np.stack([expected[p] for p in paths]),
                                atol=1e-5)
+
+
+def test_fusing_a_flip_cache_with_one_without_flips_uses_plain_features_only(fitted):
+    found = fitted["caches"]
+    mixed = cv.load_features([found["flip"], found["flip-mean"]])
+    assert not mixed.paired and mixed.x_train.shape[1] == 2 * found["flip"].width
+    with pytest.raises(ParameterError, match="not every fused cache has flip features"):
+        cv.fit_heads({"logreg": heads.make_head("logreg")}, mixed, folds=2, progress=False)
+    assert fitted["records"]["fused"]["features"]["parts"][1]["flip"] == "average"
+    assert fitted["records"]["fused"]["approach"].endswith("-max-random0 +flip")
