@@ -661,12 +661,14 @@ def shard_problem(path: Path, key: str, split: str, start: int, stop: int) -> st
 
 
 def _virtual_features(group, dataset: str, folder: Path, shards: list, width: int, dtype: str):
-    """``group``/``dataset`` as a virtual dataset over shard files [(start, stop, file)], named relative to ``folder``."""
+    """``group``/``dataset`` as a virtual dataset over shard files [(start, stop, file)], named relative to
+    ``folder``."""
     rows = max(stop for _, stop, _ in shards)
     layout = h5py.VirtualLayout(shape=(rows, width), dtype=dtype)
     for start, stop, file in shards:
         name = os.path.relpath(file, folder)
-        layout[start:stop] = h5py.VirtualSource(name, f"{group.name.lstrip('/')}/{dataset}", shape=(stop - start, width))
+        source = f"{group.name.lstrip('/')}/{dataset}"
+        layout[start:stop] = h5py.VirtualSource(name, source, shape=(stop - start, width))
     features = group.create_virtual_dataset(dataset, layout, fillvalue=np.nan)
     features.attrs["rows"] = [0, rows]
 

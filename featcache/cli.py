@@ -281,10 +281,9 @@ def cache_ls(obj):
     click.echo(f"{'cache':<58}{'rows':>16}{'width':>7}{'MB':>9}  status")
     for e in entries:
         rows = "+".join(f"{n}" for n in e.get("rows", {}).values())
-        shards = f" ({e['shards']} shards)" if e.get("shards") else ""
         tta = e.get("provenance", {}).get("tta", "none")
-        shards += f" (tta {tta})" if tta != "none" else ""
-        click.echo(f"{e['stem']:<58}{rows:>16}{e.get('width', ''):>7}{e['bytes'] / 1e6:>9.1f}  {e['status']}{shards}")
+        notes = (f" ({e['shards']} shards)" if e.get("shards") else "") + (f" (tta {tta})" if tta != "none" else "")
+        click.echo(f"{e['stem']:<58}{rows:>16}{e.get('width', ''):>7}{e['bytes'] / 1e6:>9.1f}  {e['status']}{notes}")
 
 
 @cache.command("info")

@@ -52,7 +52,7 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
     (:func:`featcache.compute.resolve`); both are part of the cache key. ``batch_size`` defaults to the
     largest that fits the device (:func:`featcache.images.largest_batch`); a resumed extraction reuses the
     one it started with, so its features equal an uninterrupted run's. ``tta``: "flip" also stores the features
-    of every image mirrored left to right (:meth:`featcache.cache.FeatureCache.paired_features`), "flip-mean"
+    of every image mirrored left to right (``FeatureCache.features(split, flip=True)``), "flip-mean"
     only the mean of both; part of the cache key.
     Nothing is written before the inputs are known to be good (the model builds, the folder is writable
     and has room for the result), and a cache hit writes nothing, so it also works on a read-only root.

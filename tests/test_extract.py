@@ -117,7 +117,8 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path, tta):
     dataset = "synthetic:n=6000,size=8"
     root = tmp_path / "killed"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(_extract_command(root, dataset, tta), env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
+    process = subprocess.Popen(_extract_command(root, dataset, tta), env=env,
+                               cwd=os.path.dirname(os.path.dirname(__file__)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial_chunks = root / "features"
     deadline = time.time() + 120
