@@ -7,11 +7,14 @@ the content key of :func:`cache_key`::
             provenance (JSON: dataset, backbone, weights hash, sizes, versions, seconds, skipped files)
     /<split>/features            float32 or float16, (rows, width), chunked by rows, each chunk
                                  with a Fletcher-32 checksum that every read verifies (new in /2)
+    /<split>/features_flip       extracted with tta="flip" only: the same of each image mirrored left to
+                                 right, row for row, written and checked alike
     /<split>/labels/<label set>  int64, (rows,)
     /classes/<label set>         class names, indexed by label
 
 While it is being extracted, it is a folder ``<stem>.partial/`` instead: ``manifest.json`` plus one
-``<split>-<chunk>.npy`` file per finished chunk of rows, each written under a temporary name and
+``<split>-<chunk>.npy`` file per finished chunk of rows (with tta="flip", each chunk holds the plain
+and the mirrored features side by side, so both resume together), each written under a temporary name and
 renamed, so a process killed at any moment leaves only whole chunks behind. A rerun continues
 after the last whole chunk; when every chunk is there, the HDF5 file is written under a temporary
 name and renamed into place. So a ``.h5`` file is always complete, and an incomplete extraction is
@@ -58,6 +61,14 @@ FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 KEY_VERSION = 2  # bump when the same key inputs start giving different features (2: the fused model)
 CHUNK_ROWS = 1024  # rows per HDF5 chunk and per resumable .npy chunk
 SPLIT_ORDER = ["train", "test", "val", "all"]  # the splits dataset loaders make, in display order
+TTAS = ("none", "flip", "flip-mean")  # test-time augmentation: none, flipped features beside the plain, their mean
+FLIP = "features_flip"
+FLIP_MODES = ("average", "train", "ignore")  # how a fit uses flip features (featcache.flips)
+
+
+def feature_sets(tta: str) -> tuple[str, ...]:
+    """The feature datasets of each split of a cache extracted with ``tta``, in the column order of its chunks."""
+    return ("features", FLIP) if tta == "flip" else ("features",)
 
 
 def split_order(split: str):
@@ -65,10 +76,11 @@ def split_order(split: str):
     return (SPLIT_ORDER.index(split) if split in SPLIT_ORDER else len(SPLIT_ORDER), split)
 
 
-def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str, compute) -> str:
+def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str, compute, tta: str = "none") -> str:
     """A hash of every input that decides the features: change any of them and the key changes.
 
-    ``compute``: the backend, precision and XLA setting (:class:`featcache.compute.Compute`)."""
+    ``compute``: the backend, precision and XLA setting (:class:`featcache.compute.Compute`); ``tta`` is
+    hashed only when it is not "none", so the keys of caches made before it existed stay valid."""
     inputs = {
         "format": f"{FORMAT_NAME}/{KEY_VERSION}",
         "dataset": dataset_fingerprint,
@@ -81,6 +93,7 @@ def cache_key(dataset_fingerprint: str, spec, weights_hash, dtype: str, compute)
         "resize": "bilinear" if spec.resize == "stretch" else f"crop-{CROP_FRACTION}",
         "dtype": dtype,
         "compute": compute.to_record(),
+        **({"tta": tta} if tta != "none" else {}),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -112,6 +125,7 @@ class FeatureCache:
                 self.rows = {s: f[s]["features"].shape[0] for s in self.splits}
                 self.width = f[self.splits[0]]["features"].shape[1]
                 self.dtype = str(f[self.splits[0]]["features"].dtype)
+                self.feature_sets = tuple(name for name in ("features", FLIP) if name in f[self.splits[0]])
                 self.shard_files = _check_shards(f, self.path, self.key, self.splits)
         except OSError as exc:
             raise FeatcacheError(f"cannot read {self.path}: {exc}; remove it with `featcache cache rm`") from None
@@ -120,12 +134,22 @@ class FeatureCache:
     def label_sets(self) -> list[str]:
         return list(self.class_names)
 
-    def features(self, split: str, out: np.ndarray | None = None, column: int = 0) -> np.ndarray:
-        """The features of ``split``; with ``out`` (rows, any width), read into its columns from ``column`` on,
-        converted to its dtype, and ``out`` returned: fused caches fill one array, with no copy of each part."""
+    @property
+    def tta(self) -> str:
+        return self.provenance.get("tta", "none")
+
+    @property
+    def flip(self) -> bool:
+        """Whether the cache holds the features of the mirrored images beside the plain ones (tta="flip")."""
+        return FLIP in self.feature_sets
+
+    def features(self, split: str, out: np.ndarray | None = None, column: int = 0, flip: bool = False) -> np.ndarray:
+        """The features of ``split`` (with ``flip``, those of its images mirrored left to right); with ``out`` (rows,
+        any width), read into its columns from ``column`` on, converted to its dtype, and ``out`` returned: fused
+        caches, and an image's plain and flipped features, fill one array with no copy of each part."""
         self._check_split(split)
         with h5py.File(self.path, "r") as f:
-            dataset = f[split]["features"]
+            dataset = f[split][FLIP if flip else "features"]
             out = np.empty(dataset.shape, dtype=dataset.dtype) if out is None else out
             try:
                 dataset.read_direct(out, dest_sel=np.s_[:, column:column + dataset.shape[1]])
@@ -133,11 +157,11 @@ class FeatureCache:
                 raise self._damaged(split, exc) from None
             return out
 
-    def feature_chunks(self, split: str):
-        """The features of ``split``, one HDF5 chunk of rows at a time: every checksum read, little memory."""
+    def feature_chunks(self, split: str, name: str = "features"):
+        """The features ``name`` of ``split``, one HDF5 chunk of rows at a time: every checksum read, little memory."""
         self._check_split(split)
         with h5py.File(self.path, "r") as f:
-            dataset = f[split]["features"]
+            dataset = f[split][name]
             for start in range(0, dataset.shape[0], CHUNK_ROWS):
                 try:
                     yield dataset[start:start + CHUNK_ROWS]
@@ -390,8 +414,10 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
 
     ``splits`` maps split -> {"rows": n, "width": d, "labels": {label set: array}}. ``shards`` maps split ->
     [(start, stop, shard file)]: the features are then a virtual dataset over those files (written by
-    :func:`write_shard_file`) instead of a copy of the chunks.
+    :func:`write_shard_file`) instead of a copy of the chunks. The provenance's ``tta`` says which feature
+    datasets the chunks hold (:func:`feature_sets`).
     """
+    names = feature_sets(provenance.get("tta", "none"))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["key"] = provenance["key"]
@@ -399,9 +425,11 @@ def write_cache_file(path: Path, partial: PartialExtraction, splits: dict, class
         for split, info in splits.items():
             group = f.create_group(split)
             if shards:
-                _virtual_features(group, path.parent, shards[split], info["width"], dtype)
+                for name in names:
+                    _virtual_features(group, name, path.parent, shards[split], info["width"], dtype)
             else:
-                _write_features(group, partial.read_split(split, info["rows"]), 0, info["rows"], info["width"], dtype)
+                _write_features(group, partial.read_split(split, info["rows"]), 0, info["rows"], info["width"], dtype,
+                                names)
             for label_set, labels in info["labels"].items():
                 group.create_dataset(f"labels/{label_set}", data=np.asarray(labels, dtype=np.int64))
         for label_set, names in class_names.items():
@@ -432,14 +460,17 @@ def remove_leftovers(root=None):
             pass  # read-only, or removed by another process meanwhile
 
 
-def _write_features(group, chunks, start: int, stop: int, width: int, dtype: str):
-    """``group``/features: rows start..stop of a split from ``chunks`` (arrays of whole chunks), Fletcher-32."""
-    features = group.create_dataset("features", shape=(stop - start, width), dtype=dtype,
-                                    chunks=(min(CHUNK_ROWS, stop - start), width), fletcher32=True)
-    features.attrs["rows"] = [start, stop]
+def _write_features(group, chunks, start: int, stop: int, width: int, dtype: str, names=("features",)):
+    """``group``/<name> for each of ``names``: rows start..stop of a split from ``chunks`` (arrays of whole chunks,
+    the datasets' ``width`` columns side by side in the order of ``names``), Fletcher-32."""
+    datasets = [group.create_dataset(name, shape=(stop - start, width), dtype=dtype,
+                                     chunks=(min(CHUNK_ROWS, stop - start), width), fletcher32=True) for name in names]
+    for dataset in datasets:
+        dataset.attrs["rows"] = [start, stop]
     row = 0
     for chunk in chunks:
-        features[row:row + len(chunk)] = chunk
+        for index, dataset in enumerate(datasets):
+            dataset[row:row + len(chunk)] = chunk[:, index * width:(index + 1) * width]
         row += len(chunk)
 
 
@@ -558,7 +589,7 @@ def _problems(cache: FeatureCache) -> list[str]:
     expected = cache.provenance.get("rows", {})
     for split in cache.splits:
         width, finite = cache.width, True
-        for chunk in cache.feature_chunks(split):
+        for chunk in (c for name in cache.feature_sets for c in cache.feature_chunks(split, name)):
             width, finite = chunk.shape[1], finite and bool(np.isfinite(chunk).all())
         rows = cache.rows[split]
         if expected.get(split) not in (None, rows):
@@ -605,11 +636,13 @@ def write_shard_file(path: Path, partial: PartialExtraction, split: str, start: 
     ``/<split>/features`` layout with its ``rows`` attribute, Fletcher-32, the key and ``complete``."""
     manifest, first = partial.manifest, start // CHUNK_ROWS
     chunks = (np.load(partial.chunk_file(split, first + i)) for i in range(len(chunk_sizes(stop - start))))
+    names = feature_sets(manifest["provenance"].get("tta", "none"))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["key"] = manifest["key"]
-        _write_features(f.create_group(split), chunks, start, stop, manifest["width"], manifest["dtype"])
+        _write_features(f.create_group(split), chunks, start, stop, manifest["width"] // len(names), manifest["dtype"],
+                        names)
         f.attrs["complete"] = True
 
 
@@ -627,14 +660,16 @@ def shard_problem(path: Path, key: str, split: str, start: int, stop: int) -> st
         return f"shard {path} cannot be read ({exc})"
 
 
-def _virtual_features(group, folder: Path, shards: list, width: int, dtype: str):
-    """``group``/features as a virtual dataset over shard files [(start, stop, file)], named relative to ``folder``."""
+def _virtual_features(group, dataset: str, folder: Path, shards: list, width: int, dtype: str):
+    """``group``/``dataset`` as a virtual dataset over shard files [(start, stop, file)], named relative to
+    ``folder``."""
     rows = max(stop for _, stop, _ in shards)
     layout = h5py.VirtualLayout(shape=(rows, width), dtype=dtype)
     for start, stop, file in shards:
         name = os.path.relpath(file, folder)
-        layout[start:stop] = h5py.VirtualSource(name, f"{group.name.lstrip('/')}/features", shape=(stop - start, width))
-    features = group.create_virtual_dataset("features", layout, fillvalue=np.nan)
+        source = f"{group.name.lstrip('/')}/{dataset}"
+        layout[start:stop] = h5py.VirtualSource(name, source, shape=(stop - start, width))
+    features = group.create_virtual_dataset(dataset, layout, fillvalue=np.nan)
     features.attrs["rows"] = [0, rows]
 
 
@@ -673,7 +708,8 @@ def consolidate(path: Path, root=None) -> Path:
                     f.attrs[name] = value
             for split in found.splits:
                 group = f.create_group(split)
-                _write_features(group, found.feature_chunks(split), 0, found.rows[split], found.width, found.dtype)
+                chunks = (np.hstack(c) for c in zip(*(found.feature_chunks(split, n) for n in found.feature_sets)))
+                _write_features(group, chunks, 0, found.rows[split], found.width, found.dtype, found.feature_sets)
                 source.copy(source[split]["labels"], group)
             source.copy(source["classes"], f)
             f.attrs["complete"] = True

@@ -14,6 +14,7 @@ import click
 
 from featcache._version import __version__
 from featcache.backbones import CROP_FRACTION, POOLINGS, RESIZES
+from featcache.cache import FLIP_MODES, TTAS
 from featcache.errors import FeatcacheError, ParameterError
 from featcache.compute import PRECISIONS
 from featcache.extract import DTYPES, extract as extract_features
@@ -189,13 +190,16 @@ def main(ctx, cache_dir, verbose):
 @click.option("--precision", type=click.Choice(PRECISIONS),
               help="Compute precision (mixed: bfloat16/float16 compute)  [default: mixed on a GPU, else float32]")
 @click.option("--xla/--no-xla", default=None, help="Compile with XLA  [default: on a GPU]")
+@click.option("--tta", type=click.Choice(TTAS), default=TTAS[0], show_default=True,
+              help="Also store the features of each image mirrored left to right (flip), or only the mean of both "
+                   "(flip-mean).")
 @click.option("--skip-bad", is_flag=True, help="Leave out images that cannot be decoded (they are listed).")
 @click.option("--force", is_flag=True, help="Extract again even if the features are cached.")
 @cluster_options
 @click.option("--consolidate", is_flag=True, help="Copy a sharded result (--scheduler/--workers) into one file.")
 @click.pass_obj
 def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alpha, resize, backbone_option, batch_size,
-            dtype, precision, xla, skip_bad, force, scheduler, workers, consolidate):
+            dtype, precision, xla, tta, skip_bad, force, scheduler, workers, consolidate):
     """Run a backbone once over a dataset and cache its pooled features."""
     from featcache.datasets import load_dataset
 
@@ -203,7 +207,7 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
     data = load_dataset(dataset, data_dir, skip_bad=skip_bad)
     for note in data.notes:
         click.echo(f"note: {note}", err=True)
-    options = dict(batch_size=batch_size, dtype=dtype, force=force, precision=precision, xla=xla)
+    options = dict(batch_size=batch_size, dtype=dtype, force=force, precision=precision, xla=xla, tta=tta)
     if scheduler is not None or workers is not None:
         from featcache.distributed import extract_distributed
 
@@ -277,8 +281,9 @@ def cache_ls(obj):
     click.echo(f"{'cache':<58}{'rows':>16}{'width':>7}{'MB':>9}  status")
     for e in entries:
         rows = "+".join(f"{n}" for n in e.get("rows", {}).values())
-        shards = f" ({e['shards']} shards)" if e.get("shards") else ""
-        click.echo(f"{e['stem']:<58}{rows:>16}{e.get('width', ''):>7}{e['bytes'] / 1e6:>9.1f}  {e['status']}{shards}")
+        tta = e.get("provenance", {}).get("tta", "none")
+        notes = (f" ({e['shards']} shards)" if e.get("shards") else "") + (f" (tta {tta})" if tta != "none" else "")
+        click.echo(f"{e['stem']:<58}{rows:>16}{e.get('width', ''):>7}{e['bytes'] / 1e6:>9.1f}  {e['status']}{notes}")
 
 
 @cache.command("info")
@@ -294,6 +299,7 @@ def cache_info(obj, ref):
     click.echo(f"file: {found.path}")
     click.echo("splits: " + ", ".join(f"{s} {n:,} x {found.width} {found.dtype}" for s, n in found.rows.items()))
     click.echo("label sets: " + ", ".join(f"{k} ({len(v)} classes)" for k, v in found.class_names.items()))
+    click.echo(f"tta: {found.tta}" + (f" (features: {', '.join(found.feature_sets)})" if found.flip else ""))
     if found.shard_files:
         click.echo(f"shards: {len(found.shard_files)} files in {found.shard_files[0].parent}")
     click.echo(json.dumps(found.provenance, indent=2))
@@ -372,10 +378,13 @@ def cache_rm(obj, refs, yes):
 @click.option("--repeats", type=int, default=REPEATS, show_default=True,
               help="Seeded draws of the shots per count (the same draws for every head).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Folds fitted in parallel (-1: one per core).")
+@click.option("--flip", type=click.Choice(FLIP_MODES), default=FLIP_MODES[0], show_default=True,
+              help="With flip features (extract --tta flip): score each image by the mean over it and its flip "
+                   "(average), also train on the flips (train), or use the plain features only (ignore).")
 @cluster_options
 @click.pass_obj
 def fit(obj, head_names, folds, seed, label_set, cache_refs, backbone, dataset, params, grid, test, sweep, shots,
-        repeats, jobs, scheduler, workers):
+        repeats, jobs, flip, scheduler, workers):
     """Fit heads on cached features with stratified k-fold cross-validation."""
     from featcache import heads
     from featcache.cache import FeatureCache, select
@@ -386,8 +395,8 @@ def fit(obj, head_names, folds, seed, label_set, cache_refs, backbone, dataset, 
     found = [FeatureCache(select(obj["root"], ref, backbone, dataset)) for ref in cache_refs or [None]]
     rows = ", ".join(f"{s} {n:,}" for s, n in found[0].rows.items())
     click.echo(f"features: {' + '.join(f.path.name for f in found)} ({rows})")
-    features = load_features(found, label_set)
-    options = dict(sweep=sweep, shots=shots, repeats=repeats)
+    features = load_features(found, label_set, flip=flip != "ignore")
+    options = dict(sweep=sweep, shots=shots, repeats=repeats, flip=flip)
     if scheduler is not None or workers is not None:
         from featcache.distributed import fit_distributed
 

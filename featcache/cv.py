@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, ParameterGrid, StratifiedKFold
 
-from featcache import heads, paths, records, shots as few_shot, sweeps
+from featcache import flips, heads, paths, records, shots as few_shot, sweeps
 from featcache.cache import FeatureCache
 from featcache.errors import FeatcacheError
 from featcache.evaluation import confusion, fold_indices, scores, summarize
@@ -32,7 +32,8 @@ INNER_FOLDS = 3  # folds of the grid search inside each training fold
 
 @dataclass
 class Features:
-    """Everything a head needs from one cache (or several fused ones), read once."""
+    """Everything a head needs from one cache (or several fused ones), read once. ``paired``: each row of x
+    holds an image's plain features, then its flipped ones (:mod:`featcache.flips`)."""
 
     cache: FeatureCache  # the first cache: class names and dataset (all fused caches share them)
     label_set: str
@@ -41,6 +42,7 @@ class Features:
     x_test: np.ndarray | None
     y_test: np.ndarray | None
     fused_with: tuple[FeatureCache, ...] = ()  # the caches whose columns follow ``cache``'s, in order
+    paired: bool = False
 
     @property
     def class_names(self) -> list[str]:
@@ -52,28 +54,30 @@ class Features:
         return [self.cache, *self.fused_with]
 
 
-def load_features(caches, label_set: str | None = None) -> Features:
+def load_features(caches, label_set: str | None = None, flip: bool = True) -> Features:
     """Read the training split (and the test split, when there is one) into memory, checking them.
 
     ``caches``: one FeatureCache, or several of the same images (two backbones, input sizes or poolings), whose
     features are fused: their columns side by side in the order given, once :func:`check_fusable` finds the
     same images in the same rows. float16 features stay float16 (the heads widen them a chunk at a time) when
-    every cache's are; other dtypes become float32."""
+    every cache's are; other dtypes become float32. ``flip``: when every cache has flip features, each row holds
+    the image's plain features, then its flipped ones, in the same order (twice the memory; ``Features.paired``)."""
     caches = list(caches) if isinstance(caches, (list, tuple)) else [caches]
     if not caches:
         raise FeatcacheError("no cache to read features from: give at least one")
     first = caches[0]
     for other in caches[1:]:
         check_fusable(first, other)
+    paired = flip and all(found.flip for found in caches)
     label_set = label_set or first.label_sets[0]
     train = "train" if "train" in first.splits else first.splits[0]
     y_train = first.labels(train, label_set)
-    x_train = _checked(_side_by_side(caches, train), train)
+    x_train = _checked(_side_by_side(caches, train, paired), train)
     x_test = y_test = None
     if "test" in first.splits and train != "test":
-        x_test = _checked(_side_by_side(caches, "test"), "test")
+        x_test = _checked(_side_by_side(caches, "test", paired), "test")
         y_test = first.labels("test", label_set)
-    return Features(first, label_set, x_train, y_train, x_test, y_test, tuple(caches[1:]))
+    return Features(first, label_set, x_train, y_train, x_test, y_test, tuple(caches[1:]), paired)
 
 
 def check_fusable(first: FeatureCache, other: FeatureCache) -> None:
@@ -107,14 +111,17 @@ def check_fusable(first: FeatureCache, other: FeatureCache) -> None:
                              "hold the same images: extract each backbone from the same dataset")
 
 
-def _side_by_side(caches: list[FeatureCache], split: str) -> np.ndarray:
-    """The features of ``split``, each cache's columns after the previous one's, read into one array."""
+def _side_by_side(caches: list[FeatureCache], split: str, paired: bool = False) -> np.ndarray:
+    """The features of ``split``, each cache's columns after the previous one's, read into one array; ``paired``:
+    then the flipped features of each, in the same order."""
     dtype = np.float16 if all(c.dtype == "float16" for c in caches) else np.float32
-    out = np.empty((caches[0].rows[split], sum(c.width for c in caches)), dtype=dtype)
+    views = (False, True) if paired else (False,)
+    out = np.empty((caches[0].rows[split], len(views) * sum(c.width for c in caches)), dtype=dtype)
     column = 0
-    for found in caches:
-        found.features(split, out, column)
-        column += found.width
+    for flip in views:
+        for found in caches:
+            found.features(split, out, column, flip=flip)
+            column += found.width
     return out
 
 
@@ -188,20 +195,24 @@ def check_grid(estimator, grid: dict) -> None:
 
 def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=False, jobs=1, root=None,
               progress=True, sweep=False, shots=None,
-              repeats=few_shot.REPEATS) -> list[dict]:
+              repeats=few_shot.REPEATS, flip="average") -> list[dict]:
     """Cross-validate each head, refit it on the whole training split, save it; return the records.
 
     ``estimators``: scikit-learn classifiers (``{name: estimator}`` or a list), cloned for every fit;
     ``grid``: {parameter: values} chosen by inner CV on each training fold; ``sweep``: each head's built-in sweep
     (:mod:`featcache.sweeps`) on a validation slice of each training fold instead; ``jobs``: folds fitted in
     parallel (-1: one per core, as in joblib); ``shots``: images per class (ints, "all") of a learning curve
-    of each head with its final settings, over ``repeats`` seeded draws (:mod:`featcache.shots`).
+    of each head with its final settings, over ``repeats`` seeded draws (:mod:`featcache.shots`); ``flip``: with
+    paired features (a cache extracted with tta="flip"), "average" scores every image by the mean of the head's
+    probabilities on it and its flip, "train" also trains on the flips, "ignore" uses the plain features only
+    (:mod:`featcache.flips`).
     """
     from tqdm import tqdm
 
     named = named_heads(estimators)
     check("jobs", jobs, [Options(-1), Interval(int, 1, None)])
     check("sweep", sweep, [Options(False)] if grid else [BOOLEAN], owner="grid chooses the parameters" if grid else None)
+    check("flip", flip, *_flip_rule(features))
     for estimator in named.values():
         heads.check_params(estimator)
         check_grid(estimator, sweeps.sweep_of(estimator).grid() if sweep else grid)
@@ -218,6 +229,7 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     with tqdm(total=len(named) * len(split), unit="fold", disable=not progress) as bar:
         for name, estimator in named.items():
             bar.set_description(name)
+            estimator = flips.Flipped(estimator, flip) if features.paired else estimator
             estimator = sweeps.Swept(estimator, seed) if sweep else estimator
             fold_metrics, matrix = cross_validate_head(estimator, grid, features, split, jobs, bar)
             final, chosen, fit_seconds = fit_one(estimator, grid, features.x_train, features.y_train, seed)
@@ -229,7 +241,8 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
                 metrics, predicted = scores(final, features.x_test, features.y_test, n_classes)
                 test_result = {**metrics, "fit_seconds": fit_seconds,
                                "confusion_matrix": confusion(features.y_test, predicted, n_classes)}
-            record = _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result)
+            record = _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result,
+                             flip if features.paired else "ignore")
             if shots:
                 record["shots"] = few_shot.learning_curve(final, features, split, shots, repeats, seed)
             if swept:
@@ -238,12 +251,23 @@ def fit_heads(estimators, features: Features, grid=None, folds=6, seed=0, test=F
     return saved
 
 
+def _flip_rule(features: Features) -> tuple[list, str | None]:
+    """The flip modes ``features`` allow, and why not the others: every mode on paired features; only ignore
+    when some fused caches have flip features and others do not; else average (the same as ignore) or ignore."""
+    if features.paired:
+        return [Options(*flips.MODES)], None
+    if 0 < sum(found.flip for found in features.caches) < len(features.caches):
+        return [Options("ignore")], "not every fused cache has flip features (extract each with tta='flip')"
+    return [Options("average", "ignore")], ("this cache has no flip features (extract with tta='flip', featcache "
+                                            "extract --tta flip)")
+
+
 def _save(record: dict, head, earlier: list[dict], root) -> dict:
     """Save the head and its record, then remove the earlier records of an identical fit, which it replaces
     (listed in the returned record's ``_replaced``)."""
     folder = records.record_folder(record["id"], root)
     with records.RunLock(folder):
-        record["model_file"] = heads.save_head(head, folder)
+        record["model_file"] = heads.save_head(flips.unwrapped(head), folder)  # the record says how to pair it
         records.save_record(record, root)
     same = records.fit_settings(record)
     replaced = [r for r in earlier if records.fit_settings(r) == same]
@@ -252,14 +276,16 @@ def _save(record: dict, head, earlier: list[dict], root) -> dict:
     return {**record, "_replaced": [r["id"] for r in replaced]}
 
 
-def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result) -> dict:
+def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matrix, test_result, flip) -> dict:
+    """``flip``: the flip mode applied (recorded in the part of each cache with flip features)."""
     provenance = features.cache.provenance
-    parts = [_feature_part(found) for found in features.caches]
+    parts = [_feature_part(found, flip) for found in features.caches]
     tuned = "".join(f" {k}={v:.3g}" if isinstance(v, float) else f" {k}={v}" for k, v in (chosen or {}).items())
     return records.build_record(
         kind="head", name=name,
-        approach=f"{name}{tuned} on {' + '.join(records.backbone_label(p['backbone']) for p in parts)}",
-        params={k: v for k, v in final.get_params(deep=False).items() if _is_plain(v)},
+        approach=f"{name}{tuned} on {' + '.join(records.backbone_label(p['backbone']) for p in parts)}"
+                 f"{flips.label(parts)}",
+        params={k: v for k, v in flips.unwrapped(final).get_params(deep=False).items() if _is_plain(v)},
         dataset=records.dataset_entry(provenance["dataset"]["name"], provenance["dataset"]["fingerprint"],
                                       features.label_set, features.class_names, len(features.y_train),
                                       None if features.y_test is None else len(features.y_test),
@@ -271,12 +297,14 @@ def _record(name, final, chosen, grid, features, folds, seed, fold_metrics, matr
     )
 
 
-def _feature_part(found: FeatureCache) -> dict:
-    """What a record keeps of one cache its head was fitted on: enough to rebuild its feature pipeline."""
+def _feature_part(found: FeatureCache, flip: str) -> dict:
+    """What a record keeps of one cache its head was fitted on: enough to rebuild its feature pipeline, with the
+    cache's tta and the ``flip`` mode applied to its flip features (None: it has none)."""
     provenance = found.provenance
     return {"backbone": provenance["backbone"], "weights_sha256": provenance["weights_sha256"],
             "preprocessing": provenance["preprocessing"], "dtype": provenance["dtype"],
-            "compute": provenance.get("compute"), "cache_key": provenance["key"], "cache_file": str(found.path)}
+            "compute": provenance.get("compute"), "cache_key": provenance["key"], "cache_file": str(found.path),
+            "tta": found.tta, "flip": flip if found.flip else None}
 
 
 def _is_plain(value) -> bool:

@@ -66,32 +66,32 @@ def shard_images(images, start: int, stop: int):
 
 # --- on a worker -------------------------------------------------------------------------------
 
-_MODELS = {}  # (spec, compute) -> (model, seconds to build it): one per worker process, built by its first task
+_MODELS = {}  # (spec, compute, tta) -> (model, seconds to build it): one per worker process, built by its first task
 _BUILDING = threading.Lock()
 
 
-def worker_model(spec, settings, weights_hash):
+def worker_model(spec, settings, weights_hash, tta="none"):
     """This worker's model for ``spec`` (built on first use, then kept); refused when the worker's Keras backend
     or weights file differ from the client's, which would give other features under the same key."""
     with _BUILDING:
-        if (spec, settings) not in _MODELS:
+        if (spec, settings, tta) not in _MODELS:
             if compute.backend_name() != settings.backend:
                 raise FeatcacheError(f"a Dask worker uses the Keras backend {compute.backend_name()}, the client "
                                      f"{settings.backend}: set KERAS_BACKEND alike everywhere")
             started = time.perf_counter()
-            model = feature_model(spec, settings)
+            model = feature_model(spec, settings, tta=tta)
             if weights_sha256(spec) != weights_hash:
                 raise FeatcacheError(f"a Dask worker's {spec.name} weights file differs from the client's: "
                                      "give every host the same file")
-            _MODELS[spec, settings] = model, time.perf_counter() - started
-    return _MODELS[spec, settings]
+            _MODELS[spec, settings, tta] = model, time.perf_counter() - started
+    return _MODELS[spec, settings, tta]
 
 
-def model_facts(spec, settings, weights_hash) -> tuple[int, int, float]:
-    """Task: the feature width, the largest batch that fits this worker's device, and the seconds it took to
-    build its model (0 if it already had it)."""
-    built = (spec, settings) in _MODELS
-    model, seconds = worker_model(spec, settings, weights_hash)
+def model_facts(spec, settings, weights_hash, tta="none") -> tuple[int, int, float]:
+    """Task: the model's output width (of every feature set, side by side), the largest batch that fits this
+    worker's device, and the seconds it took to build its model (0 if it already had it)."""
+    built = (spec, settings, tta) in _MODELS
+    model, seconds = worker_model(spec, settings, weights_hash, tta)
     return int(model.output_shape[-1]), largest_batch(model, spec.input_size, cache.CHUNK_ROWS), 0.0 if built else seconds
 
 
@@ -105,7 +105,7 @@ def extract_shard(shard: Shard, images, stem: str, manifest: dict, weights_hash,
     total, batch_size = manifest["rows"][shard.split], manifest["batch_size"]
     first, last = shard.start // cache.CHUNK_ROWS, -(-shard.stop // cache.CHUNK_ROWS)
     missing = partial.missing_chunks(shard.split, total, range(first, last))
-    run = forward(worker_model(spec, settings, weights_hash)[0], batch_size)
+    run = forward(worker_model(spec, settings, weights_hash, manifest["provenance"].get("tta", "none"))[0], batch_size)
     computed = 0
     for start, end in _row_ranges(missing, total):
         compute_rows(images, shard.split, start, end, run, partial, batch_size, Framing.of(spec), manifest["dtype"],
@@ -120,7 +120,7 @@ def extract_shard(shard: Shard, images, stem: str, manifest: dict, weights_hash,
 
 def extract_distributed(dataset, spec, root=None, batch_size: int | None = None, dtype: str = "float32",
                         force: bool = False, progress: bool = True, precision=None, xla=None, scheduler=None,
-                        workers=None, shard_rows=None) -> ExtractResult:
+                        workers=None, shard_rows=None, tta: str = "none") -> ExtractResult:
     """:func:`featcache.extract.extract` on a Dask cluster: a running ``scheduler`` ("tcp://host:8786") or a local
     one of ``workers`` processes (an int, or "gpu"). The cache root must be a folder every worker sees (checked
     first). ``shard_rows``: rows per shard task, a multiple of the cache's chunk rows (default: about
@@ -128,7 +128,7 @@ def extract_distributed(dataset, spec, root=None, batch_size: int | None = None,
     The entry is named by the images' contents from the start (image files are hashed here first, once: the
     file index remembers them), and its features are shard files (see :mod:`featcache.cache`).
     """
-    validate({"batch_size": batch_size, "dtype": dtype}, RULES)
+    validate({"batch_size": batch_size, "dtype": dtype, "tta": tta}, RULES)
     check("shard_rows", shard_rows, SHARD_ROWS)
     if spec.weights == "none":  # Keras' seeded initialisers draw other numbers inside a Dask worker
         raise ParameterError("weights", spec.weights, "imagenet or a weights file on a Dask cluster (random "
@@ -138,7 +138,7 @@ def extract_distributed(dataset, spec, root=None, batch_size: int | None = None,
         feature_model(spec, settings)  # lets Keras download the file (or explain where to put it), as extract does
     weights_hash = weights_sha256(spec)
     cache.remove_leftovers(root)
-    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings)
+    key = cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings, tta)
     stem = cache.cache_stem(dataset.name, spec, key)
     path = cache.file_path(stem, root)
     if path.is_file() and not force:
@@ -146,9 +146,10 @@ def extract_distributed(dataset, spec, root=None, batch_size: int | None = None,
     cache.check_writable(root)
     with cluster.connect(scheduler, workers) as client:
         root = cluster.check_shared_root(client, root).parent  # absolute: workers start elsewhere
-        width, largest, _ = client.submit(model_facts, spec, settings, weights_hash, pure=False).result()
+        columns, largest, _ = client.submit(model_facts, spec, settings, weights_hash, tta, pure=False).result()
+        width = columns // len(cache.feature_sets(tta))
         rows = {split: len(s.images) for split, s in dataset.splits.items()}
-        feature_bytes = sum(rows.values()) * width * np.dtype(dtype).itemsize
+        feature_bytes = sum(rows.values()) * columns * np.dtype(dtype).itemsize
         cache.check_space(stem, feature_bytes, root)
         with cache.ExtractionLock(stem, root):
             if force:
@@ -160,10 +161,10 @@ def extract_distributed(dataset, spec, root=None, batch_size: int | None = None,
             started_with = cache.read_manifest(cache.partial_dir(stem, root))[0]
             if started_with.get("key") == key:  # resumed: the batches it started with
                 batch_size = batch_size or started_with.get("batch_size")
-            provenance = {**_provenance(dataset, spec, weights_hash, dtype, rows), "compute": settings.to_record(),
+            provenance = {**_provenance(dataset, spec, weights_hash, dtype, rows, tta), "compute": settings.to_record(),
                           "key": key}
             provenance["dataset"]["fingerprint"] = dataset.fingerprint
-            manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "batch_size": batch_size or largest,
+            manifest = {"key": key, "rows": rows, "width": columns, "dtype": dtype, "batch_size": batch_size or largest,
                         "provenance": provenance}
             with cache.reporting_full_disk(stem, feature_bytes, root):
                 partial = cache.PartialExtraction(stem, manifest, root)

@@ -12,6 +12,10 @@ predicts under any Keras backend:
 A head on fused caches gets one feature model of every recorded pipeline, each on the same images,
 their features concatenated in the recorded order: the folder loads as any other.
 
+For a record fitted with flip averaging (:mod:`featcache.flips`) the feature model gives each image's plain
+and mirrored features, and the head's probabilities on both are averaged: inside ``model.keras``, or by
+:class:`ExportedModel` as the manifest's ``backbone`` entry (the record's features) says.
+
 ``manifest.json`` holds the class names, input size (one per pipeline when fused), the record's
 feature provenance, library versions and file hashes.
 """
@@ -22,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache import formats, heads, records
+from featcache import flips, formats, heads, records
 from featcache.errors import FeatcacheError
 from featcache.files import file_hash, write_json
-from featcache.images import feature_model
-from featcache.predict import feature_specs, load_head, probabilities, recorded_compute
+from featcache.predict import feature_specs, load_head, part_feature_model, probabilities, recorded_compute
 
 MANIFEST = "manifest.json"
 FORMAT_NAME, FORMAT_VERSION = "featcache-export", 1
@@ -48,7 +51,7 @@ def export(record: dict, out_dir: Path) -> Path:
     specs, head = feature_specs(record), load_head(record)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    features = image_features(specs)
+    features = image_features(specs, paired=isinstance(head, flips.Flipped))
     if hasattr(head, "to_keras"):  # a Keras head: one end-to-end model
         n_classes = len(record["dataset"]["class_names"])
         end_to_end = keras.Model(features.input, head.to_keras(n_classes)(features.output), name="classifier")
@@ -75,21 +78,27 @@ def export(record: dict, out_dir: Path) -> Path:
     return out_dir
 
 
-def image_features(specs: list):
+def image_features(specs: list, paired: bool = False):
     """uint8 images of any size -> the features of each (spec, recorded part) of :func:`feature_specs`, side by
-    side in that order, as one Keras model (the pipeline itself when there is one)."""
+    side in that order, as one Keras model (the pipeline itself when there is one); ``paired`` (flip averaging):
+    every part's plain features, then every part's flipped ones, as :func:`featcache.flips.side_by_side`."""
     from featcache.backend import keras
 
     if len(specs) == 1:
         spec, part = specs[0]
-        return feature_model(spec, recorded_compute(part), input_dtype="uint8")
+        return part_feature_model(spec, part, input_dtype="uint8")
     images = keras.Input((None, None, 3), dtype="uint8", name="images")
     parts = []
     for i, (spec, part) in enumerate(specs):
-        built = feature_model(spec, recorded_compute(part), input_dtype="uint8")
+        built = part_feature_model(spec, part, input_dtype="uint8")
         # an uncompiled model of the same layers, uniquely named: a compiled one nested in another warns on loading
         parts.append(keras.Model(built.input, built.output, name=f"part{i}_{built.name}")(images))
-    model = keras.Model(images, keras.layers.Concatenate(name="features")(parts), name="fused_features")
+    if paired:  # (n, 2, width) each: the views of all parts side by side, then one row again
+        views = [keras.layers.Reshape((2, -1), name=f"part{i}_views")(out) for i, out in enumerate(parts)]
+        fused = keras.layers.Reshape((-1,), name="features")(keras.layers.Concatenate(name="fused_views")(views))
+    else:
+        fused = keras.layers.Concatenate(name="features")(parts)
+    model = keras.Model(images, fused, name="fused_features")
     model.compile(jit_compile=all(recorded_compute(part).xla for _, part in specs))
     return model
 
@@ -101,6 +110,7 @@ class ExportedModel:
     """
 
     def __init__(self, folder):
+        from featcache import flip_layers  # noqa: F401  (registers the layers a flip export's models hold)
         from featcache.backend import keras
 
         self.folder = Path(folder)
@@ -119,7 +129,7 @@ class ExportedModel:
             self._model, self._head = keras.saving.load_model(self.folder / files["model"], compile=False), None
         else:
             self._model = keras.saving.load_model(self.folder / files["backbone"], compile=False)
-            self._head = heads.load_head(self.folder / files["head"])
+            self._head = flips.around(heads.load_head(self.folder / files["head"]), self.manifest["backbone"])
 
     def predict_proba(self, images) -> np.ndarray:
         rows = [self._probabilities(group) for group in _same_size_groups(images)]

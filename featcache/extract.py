@@ -26,6 +26,7 @@ RULES = {
     "batch_size": [Rule(lambda b: isinstance(b, int) and b > 0 and cache.CHUNK_ROWS % b == 0,
                         f"a divisor of {cache.CHUNK_ROWS} (e.g. 16, 32, 64, 128)"), None],
     "dtype": [Options(*DTYPES)],
+    "tta": [Options(*cache.TTAS)],
 }
 
 
@@ -44,26 +45,30 @@ class ExtractResult:
 
 def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | None = None, dtype: str = "float32",
             force: bool = False, progress: bool = True, precision: str | None = None,
-            xla: bool | None = None) -> ExtractResult:
+            xla: bool | None = None, tta: str = "none") -> ExtractResult:
     """Extract (or find cached) features of every split of ``dataset``; return where they are.
 
     ``precision`` ("float32" or "mixed") and ``xla`` default to the fastest for the device found
     (:func:`featcache.compute.resolve`); both are part of the cache key. ``batch_size`` defaults to the
     largest that fits the device (:func:`featcache.images.largest_batch`); a resumed extraction reuses the
-    one it started with, so its features equal an uninterrupted run's.
+    one it started with, so its features equal an uninterrupted run's. ``tta``: "flip" also stores the features
+    of every image mirrored left to right (``FeatureCache.features(split, flip=True)``), "flip-mean"
+    only the mean of both; part of the cache key.
     Nothing is written before the inputs are known to be good (the model builds, the folder is writable
     and has room for the result), and a cache hit writes nothing, so it also works on a read-only root.
     """
-    validate({"batch_size": batch_size, "dtype": dtype}, RULES)
+    validate({"batch_size": batch_size, "dtype": dtype, "tta": tta}, RULES)
     settings = compute.resolve(precision, xla)
     model = None
     if spec.weights == "imagenet" and not imagenet_weights_path(spec).is_file():
-        model = feature_model(spec, settings)  # lets Keras download the file (or explain where to put it)
+        model = feature_model(spec, settings, tta=tta)  # lets Keras download the file (or explain where to put it)
     weights_hash = weights_sha256(spec)
 
+    def key_of(fingerprint: str) -> str:
+        return cache.cache_key(fingerprint, spec, weights_hash, dtype, settings, tta)
+
     def final_path(fingerprint: str) -> Path:
-        key = cache.cache_key(fingerprint, spec, weights_hash, dtype, settings)
-        return cache.file_path(cache.cache_stem(dataset.name, spec, key), root)
+        return cache.file_path(cache.cache_stem(dataset.name, spec, key_of(fingerprint)), root)
 
     cache.remove_leftovers(root)
     known = dataset.known_fingerprint()  # None while an image file is new or changed: it is read below, once
@@ -71,12 +76,13 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
         return _cached(final_path(known))
     # The in-progress folder is named by the files' stats, so a rerun over the same files finds it; the
     # finished file by their contents, hashed as they are decoded.
-    key = cache.cache_key(dataset.stat_fingerprint(), spec, weights_hash, dtype, settings)
+    key = key_of(dataset.stat_fingerprint())
     stem = cache.cache_stem(dataset.name, spec, key)
-    model = model or feature_model(spec, settings)
+    model = model or feature_model(spec, settings, tta=tta)
     rows = {split: len(s.images) for split, s in dataset.splits.items()}
-    width = int(model.output_shape[-1])
-    feature_bytes = sum(rows.values()) * width * np.dtype(dtype).itemsize
+    columns = int(model.output_shape[-1])  # of a chunk: every feature set's width columns side by side
+    width = columns // len(cache.feature_sets(tta))
+    feature_bytes = sum(rows.values()) * columns * np.dtype(dtype).itemsize
     cache.check_writable(root)
     cache.check_space(stem, feature_bytes, root)
     with cache.ExtractionLock(stem, root):
@@ -86,12 +92,12 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
                 final_path(known).unlink(missing_ok=True)
         elif known and final_path(known).is_file():
             return _cached(final_path(known))  # another process finished it meanwhile
-        provenance = {**_provenance(dataset, spec, weights_hash, dtype, rows), "compute": settings.to_record()}
+        provenance = {**_provenance(dataset, spec, weights_hash, dtype, rows, tta), "compute": settings.to_record()}
         started_with = cache.read_manifest(cache.partial_dir(stem, root))[0]
         if started_with.get("key") == key:
             batch_size = batch_size or started_with.get("batch_size")
         batch_size = batch_size or largest_batch(model, spec.input_size, cache.CHUNK_ROWS)
-        manifest = {"key": key, "rows": rows, "width": width, "dtype": dtype, "batch_size": batch_size,
+        manifest = {"key": key, "rows": rows, "width": columns, "dtype": dtype, "batch_size": batch_size,
                     "provenance": provenance}
         with cache.reporting_full_disk(stem, feature_bytes, root):
             partial = cache.PartialExtraction(stem, manifest, root)
@@ -101,7 +107,7 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
             dataset.remember_hashes()
             path = final_path(dataset.fingerprint)  # from the hashes taken while decoding: no file is read again
             provenance["dataset"]["fingerprint"] = dataset.fingerprint
-            provenance.update(key=cache.cache_key(dataset.fingerprint, spec, weights_hash, dtype, settings),
+            provenance.update(key=key_of(dataset.fingerprint),
                               width=width, seconds=round(seconds, 3), created=records.now_iso(),
                               versions=records.library_versions())
             splits = {split: {"rows": n, "width": width, "labels": dataset.splits[split].labels}
@@ -120,7 +126,7 @@ def _cached(path: Path) -> ExtractResult:
     return ExtractResult(path, True, found.rows, found.width, 0.0, 0.0, found.provenance["skipped"])
 
 
-def _provenance(dataset, spec, weights_hash, dtype, rows) -> dict:
+def _provenance(dataset, spec, weights_hash, dtype, rows, tta) -> dict:
     """What the features come from; the content key and fingerprint are added once the images are read."""
     return {
         "dataset": {"name": dataset.name, "label_sets": dataset.label_sets},
@@ -128,6 +134,7 @@ def _provenance(dataset, spec, weights_hash, dtype, rows) -> dict:
         "weights_sha256": weights_hash,
         "preprocessing": spec.backbone.preprocessing,
         "dtype": dtype,
+        "tta": tta,
         "rows": rows,
         "skipped": dataset.skipped,
     }

@@ -86,11 +86,14 @@ def affine_layer(size: int, preprocess, name: str = "preprocess"):
     return affine
 
 
-def feature_model(spec, compute=None, input_dtype: str = "float32"):
+def feature_model(spec, compute=None, input_dtype: str = "float32", tta: str = "none"):
     """Images (any size, ``input_dtype``) -> resize -> preprocessing -> ``spec``'s backbone features, one model,
     built with ``compute``'s precision and compiled with its XLA setting (:mod:`featcache.compute`).
 
     The resize and preprocessing stay float32 in every precision; the features come out as float32.
+    ``tta="flip"``: each image's features, then those of the image mirrored left to right (twice the width);
+    ``"flip-mean"``: their mean. The mirror images go through the backbone in the same batch
+    (:mod:`featcache.flip_layers`).
     """
     from featcache.backbones import build_feature_model
     from featcache.backend import dtype_policy, keras, mixed_policy
@@ -99,10 +102,18 @@ def feature_model(spec, compute=None, input_dtype: str = "float32"):
     x = keras.layers.Rescaling(1.0, name="to_float")(images)  # a cast that every backend saves and loads
     for layer in [*Framing.of(spec).layers(), affine_layer(spec.input_size, spec.backbone.preprocess_input())]:
         x = layer(x)
+    if tta != "none":
+        from featcache.flip_layers import WithMirrored
+
+        x = WithMirrored(name="with_mirrored")(x)
     mixed = compute is not None and compute.precision == "mixed"
     with dtype_policy(mixed_policy() if mixed else None):
         features = build_feature_model(spec)(x)
     features = keras.layers.Activation("linear", dtype="float32", name="features")(features)
+    if tta != "none":
+        from featcache.flip_layers import FlipViews
+
+        features = FlipViews(mean=tta == "flip-mean", name="flip_views")(features)
     model = keras.Model(images, features, name=f"{spec.name}_features")
     model.compile(jit_compile=bool(compute and compute.xla))
     return model

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache import heads, records
+from featcache import flips, heads, records
 from featcache.backbones import BackboneSpec, get_backbone, weights_sha256
 from featcache.compute import Compute, backend_name
 from featcache.datasets import IMAGE_SUFFIXES, open_images
@@ -81,6 +81,12 @@ def check_downloaded(spec: BackboneSpec, part: dict, record_id: str) -> None:
         raise FeatcacheError(f"the downloaded {spec.name} weights differ from those of record {record_id}")
 
 
+def part_feature_model(spec: BackboneSpec, part: dict, input_dtype: str = "float32"):
+    """The image -> feature model of one of a record's feature pipelines (``part``): its backbone, compute settings
+    and flip averaging (:func:`featcache.flips.pipeline_tta`)."""
+    return feature_model(spec, recorded_compute(part), input_dtype, tta=flips.pipeline_tta(part))
+
+
 def recorded_compute(part: dict) -> Compute:
     """The precision and XLA setting a record's features (``part``: one of its feature pipelines) were computed
     with, on this process's backend."""
@@ -89,9 +95,11 @@ def recorded_compute(part: dict) -> Compute:
 
 
 def load_head(record: dict):
+    """The record's saved head, averaging over flips when it was fitted so (:func:`featcache.flips.around`)."""
     if not record.get("model_file"):
         raise FeatcacheError(f"record {record['id']} has no saved model: fit it again")
-    return load_model_file(heads.load_head, Path(record["_folder"]) / record["model_file"])
+    return flips.around(load_model_file(heads.load_head, Path(record["_folder"]) / record["model_file"]),
+                        record["features"])
 
 
 def load_model_file(load, path: Path):
@@ -186,21 +194,24 @@ def record_pipeline(record: dict, batch_size: int):
 def head_on_features(record: dict, batch_size: int, n_classes: int):
     """(images -> preprocessed batches, batch -> probabilities) of a head on the record's backbone features: each
     feature pipeline (one per fused cache) runs on its own framing of the images, and the head gets their
-    features side by side, in the recorded order. A batch holds one host batch per distinct framing."""
+    features side by side, in the recorded order (:func:`featcache.flips.side_by_side`). A batch holds one host
+    batch per distinct framing."""
     specs, head = feature_specs(record), load_head(record)
     runs = []
     for spec, part in specs:
-        runs.append(forward(feature_model(spec, recorded_compute(part)), batch_size))
+        runs.append(forward(part_feature_model(spec, part), batch_size))
         check_downloaded(spec, part, record["id"])
     framings = [Framing.of(spec) for spec, _ in specs]
     distinct = list(dict.fromkeys(framings))  # the same images at the same framing are read once
+    paired = isinstance(head, flips.Flipped)
 
     def batches(images):
         return zip(*(HostBatches(images, 0, len(images), batch_size, framing) for framing in distinct))
 
     def probabilities_of(batch):
         framed = dict(zip(distinct, batch))
-        return probabilities(head, np.hstack([run(framed[f]) for run, f in zip(runs, framings)]), n_classes)
+        features = flips.side_by_side([run(framed[f]) for run, f in zip(runs, framings)], paired)
+        return probabilities(head, features, n_classes)
 
     return batches, probabilities_of
 

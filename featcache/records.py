@@ -16,7 +16,10 @@ A record is a plain dict:
       "dataset": {"name", "fingerprint", "label_set", "class_names": [...], "n_train", "n_test",
                   "class_counts": [training images per class] | null},
       "features": {"backbone": BackboneSpec.to_record(), "weights_sha256", "preprocessing", "dtype", "compute",
-                   "cache_key", "cache_file"}     # heads on cached features; null otherwise
+                   "cache_key", "cache_file",
+                   "tta": "none" | "flip" | "flip-mean",   # the cache's test-time augmentation (absent: none)
+                   "flip": "average" | "train" | "ignore" | null}   # how the fit used its flip features
+                                                   # heads on cached features; null otherwise
                 | {"parts": [one such dict per cache, in column order]}   # heads on fused caches (new in /3)
       "model": {"backbone": BackboneSpec.to_record() (finetune) | null, "architecture": null | "wrn-28-10",
                 "weights_sha256", "input_size", "preprocessing", ...settings}   # finetune/scratch; null for heads
@@ -297,7 +300,8 @@ def feature_parts(features: dict) -> list[dict]:
 
 def fit_settings(record: dict) -> str | None:
     """What makes two fitted heads the same fit (cache or fused caches in order, label set, head and its
-    parameters, folds, seed, grid, test split), as canonical JSON; None for finetune and scratch records."""
+    parameters, folds, seed, grid, test split, flip mode), as canonical JSON; None for finetune and scratch
+    records."""
     if record["kind"] != "head" or not record.get("features"):
         return None
     grid = record["cv"].get("grid") or {}
@@ -305,11 +309,12 @@ def fit_settings(record: dict) -> str | None:
     curve = record.get("shots")
     shots = [[p["shots"] for p in curve["points"]], curve["repeats"]] if curve else None
     chosen = {*grid, swept, *(record["cv"].get("sweep") or {}).get("also", {})}
-    keys = [part.get("cache_key") for part in feature_parts(record["features"])]
+    parts = feature_parts(record["features"])
+    keys = [part.get("cache_key") for part in parts]
     return json.dumps([keys[0] if len(keys) == 1 else keys, record["dataset"]["label_set"], record["head"],
                        {k: v for k, v in record.get("params", {}).items() if k not in chosen}, record["cv"]["folds"],
-                       record["cv"]["seed"], grid, swept, shots, record.get("test") is not None], sort_keys=True,
-                      default=_jsonable)
+                       record["cv"]["seed"], grid, swept, shots, record.get("test") is not None,
+                       [part.get("flip") for part in parts]], sort_keys=True, default=_jsonable)
 
 
 def pipelines(record: dict) -> list[dict]:

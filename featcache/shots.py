@@ -63,7 +63,7 @@ def learning_curve(estimator, features, folds, shots: list, repeats: int, seed: 
         train, x_eval, y_eval = _pool(features, folds, repeat)
         for k, rows in shot_draws(features.y_train[train], shots, repeat, seed).items():
             head = clone(estimator)
-            holdout = getattr(type(head), "holdout", None)
+            holdout = getattr(head, "holdout", None)
             fallback = holdout.fallback(head, _smallest(features.y_train[train][rows])) if holdout else None
             head.set_params(**(fallback or {})).fit(features.x_train[train][rows], features.y_train[train][rows])
             metrics, _ = scores(head, x_eval, y_eval, n_classes)

@@ -59,8 +59,9 @@ C_SWEEP = Sweep("C", tuple(float(10.0 ** p) for p in range(-6, 7)), refine=2, wa
 
 
 def sweep_of(estimator) -> Sweep:
-    """The head's built-in sweep; a FeatcacheError for an estimator without one."""
-    sweep = getattr(type(estimator), "sweep", None)
+    """The head's built-in sweep (its class attribute, or what a wrapper such as
+    :class:`featcache.flips.Flipped` passes on); a FeatcacheError for an estimator without one."""
+    sweep = getattr(estimator, "sweep", None)
     if not isinstance(sweep, Sweep):
         raise FeatcacheError(f"{type(estimator).__name__} has no built-in sweep: choose its values with grid "
                              "(featcache fit --grid NAME=V1,V2)")

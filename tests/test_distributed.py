@@ -122,6 +122,24 @@ def test_sharded_extraction_is_bit_identical_and_reads_as_one_array(cluster, spe
     assert np.array_equal(cache.FeatureCache(result.path).features("train"), local["train"])
 
 
+def test_sharded_flip_extraction_gives_the_local_flip_features(cluster, spec, tmp_path):
+    """tta="flip": every shard file holds both feature sets, read back (and consolidated) as the local run's."""
+    address, _ = cluster
+    dataset = "synthetic:n=2048,size=8"  # train: 2 chunks, test: 1
+    local = cache.FeatureCache(extract(load_dataset(dataset), spec, tmp_path / "local", tta="flip", **COMPUTE).path)
+    result = extract_distributed(load_dataset(dataset), spec, tmp_path / "sharded", scheduler=address, shard_rows=1024,
+                                 tta="flip", **COMPUTE)
+    found = cache.FeatureCache(result.path)
+    assert found.key == local.key and len(found.shard_files) == 3 and found.flip and cache.verify(result.path) == []
+    for split in local.splits:
+        for flip in (False, True):
+            assert np.array_equal(found.features(split, flip=flip), local.features(split, flip=flip))
+    cache.consolidate(result.path, tmp_path / "sharded")
+    consolidated = cache.FeatureCache(result.path)
+    assert not consolidated.shard_files and consolidated.feature_sets == local.feature_sets
+    assert np.array_equal(consolidated.features("train", flip=True), local.features("train", flip=True))
+
+
 def test_image_files_of_mixed_sizes_give_the_local_features(cluster, spec, tmp_path):
     write_images(tmp_path / "imgs" / "a", 5, size=(20, 10))
     write_images(tmp_path / "imgs" / "b", 4, size=(40, 40), seed=1)

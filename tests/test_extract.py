@@ -105,18 +105,20 @@ def test_a_second_process_on_the_same_key_gets_a_clear_error(root, small_spec):
     assert not any(stem.glob("*.h5"))
 
 
-def _extract_command(root, dataset):
+def _extract_command(root, dataset, tta="none"):
     return [sys.executable, "-m", "featcache.cli", "--cache-dir", str(root), "extract", "--dataset", dataset,
             "--backbone", "mobilenetv2", "--alpha", "0.35", "--input-size", "32", "--weights", "none",
-            "--batch-size", "128"]
+            "--batch-size", "128", "--tta", tta]
 
 
 @pytest.mark.backends
-def test_killed_extraction_resumes_to_identical_features(tmp_path):
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_killed_extraction_resumes_to_identical_features(tmp_path, tta):
     dataset = "synthetic:n=6000,size=8"
     root = tmp_path / "killed"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    process = subprocess.Popen(_extract_command(root, dataset), env=env, cwd=os.path.dirname(os.path.dirname(__file__)),
+    process = subprocess.Popen(_extract_command(root, dataset, tta), env=env,
+                               cwd=os.path.dirname(os.path.dirname(__file__)),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial_chunks = root / "features"
     deadline = time.time() + 120
@@ -130,16 +132,18 @@ def test_killed_extraction_resumes_to_identical_features(tmp_path):
     assert entry["status"].startswith("incomplete") and cache.verify(entry["path"])
 
     cwd = os.path.dirname(os.path.dirname(__file__))
-    resumed = subprocess.run(_extract_command(root, dataset), env=env, cwd=cwd, capture_output=True, text=True)
+    resumed = subprocess.run(_extract_command(root, dataset, tta), env=env, cwd=cwd, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    fresh = subprocess.run(_extract_command(tmp_path / "fresh", dataset), env=env, cwd=cwd, capture_output=True)
+    fresh = subprocess.run(_extract_command(tmp_path / "fresh", dataset, tta), env=env, cwd=cwd, capture_output=True)
     assert fresh.returncode == 0
     killed_file, = (root / "features").glob("*.h5")
     fresh_file, = (tmp_path / "fresh" / "features").glob("*.h5")
     assert not list((root / "features").glob("*.partial"))
+    killed, fresh = cache.FeatureCache(killed_file), cache.FeatureCache(fresh_file)
+    assert killed.feature_sets == fresh.feature_sets == cache.feature_sets(tta)
     for split in ("train", "test"):
-        assert np.array_equal(cache.FeatureCache(killed_file).features(split),
-                              cache.FeatureCache(fresh_file).features(split))
+        for flip in (False, True) if tta == "flip" else (False,):
+            assert np.array_equal(killed.features(split, flip=flip), fresh.features(split, flip=flip))
 
 
 def test_verify_finds_a_damaged_file_and_rm_removes_it(root, small_spec):

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_images
+from conftest import write_classes
 
 from featcache import heads
 from featcache.cli import main
@@ -29,8 +29,7 @@ CLASSES = ["blue", "green", "red"]
 def fitted(tmp_path_factory, small_spec):
     """Images of 3 classes, their features (local weights file), and logreg and mlp records with saved heads."""
     base = tmp_path_factory.mktemp("predict")
-    for i, name in enumerate(CLASSES):
-        write_images(base / "images" / name, 8, size=(20, 20) if i else (24, 18), seed=i)
+    write_classes(base / "images", CLASSES, 8)
     weights = base / "mine.weights.h5"
     build_feature_model(replace(small_spec, seed=5)).save_weights(weights)
     spec = make_spec("mobilenetv2", 32, weights=str(weights), options={"alpha": 0.35})

@@ -115,11 +115,11 @@ class ArrayCache:
 
     def __init__(self, x, y):
         self.x, self.y = x, y
-        self.splits, self.label_sets = ["train"], ["label"]
+        self.splits, self.label_sets, self.flip = ["train"], ["label"], False
         self.class_names = {"label": [str(c) for c in range(y.max() + 1)]}
         self.rows, self.width, self.dtype = {"train": len(x)}, x.shape[1], str(x.dtype)
 
-    def features(self, split, out, column):
+    def features(self, split, out, column, flip=False):
         out[:, column:column + self.width] = self.x
         return out
 
