@@ -17,7 +17,7 @@ The baseline also draws its learning curve (``--shots``, ``--repeats`` seeded dr
 The resize policy is measured on the dogs-vs-cats photos (``bench_resize.py``, ``results/resize_policy.md``):
 CIFAR-10's images are square and 32 px, where a centre crop only zooms.
 
-Levers run in the order above and the results are written after each one, so a run stopped by
+Levers run in the order of ``LEVERS`` (all second) and the results are written after each one, so a run stopped by
 ``--budget`` (seconds; no lever starts after it) keeps what it measured. On a GPU (the device machine,
 ``KERAS_BACKEND=jax``) the whole run takes a few minutes; on this project's 2-core CPU, hours.
 
@@ -40,13 +40,13 @@ import numpy as np
 from _common import SHARED_DATA, WEIGHTS_FILE, table
 
 HERE = Path(__file__).resolve().parent
-LEVERS = [  # name, input sizes fused, flip mode, sweep
+LEVERS = [  # name, input sizes fused, flip mode, sweep (all second: a run cut by --budget keeps it)
     ("baseline", (224,), "ignore", False),
-    ("flip averaging", (224,), "average", False),
-    ("flip training", (224,), "train", False),
-    ("sweep", (224,), "ignore", True),
-    ("fusion", (224, "second"), "ignore", False),
     ("all", (224, "second"), "train", True),
+    ("sweep", (224,), "ignore", True),
+    ("flip averaging", (224,), "average", False),
+    ("fusion", (224, "second"), "ignore", False),
+    ("flip training", (224,), "train", False),
 ]
 
 
@@ -98,7 +98,7 @@ def write(out: Path, data: dict) -> None:
     if data.get("curve"):
         lines += ["## Learning curve (the baseline: 224 px, plain features, C=0.01)\n",
                   f"Test accuracy against training images per class, {data['curve']['repeats']} seeded draws "
-                  "(nested across counts; one draw for all).\n",
+                  "(nested across counts; all is one fit: the same rows in every draw).\n",
                   table(["images per class", "test accuracy %", "std", "draws"], curve_rows(data["curve"])), ""]
     if data.get("stopped"):
         lines.append(f"Not run (the --budget of {data['budget']:.0f} s was spent): {', '.join(data['stopped'])}.\n")

@@ -51,7 +51,8 @@ def shot_draws(y: np.ndarray, shots: list, repeat: int, seed: int) -> dict:
 
 
 def learning_curve(estimator, features, folds, shots: list, repeats: int, seed: int) -> dict:
-    """Accuracy at each shot count, for every repeat, on the test split (else the held-out folds)."""
+    """Accuracy at each shot count, for every repeat, on the test split (else the held-out folds). On the test
+    split, "all" is the same rows in every repeat: it is fitted and scored once, and that score stands for each."""
     from sklearn.base import clone
 
     from featcache.evaluation import scores
@@ -62,6 +63,10 @@ def learning_curve(estimator, features, folds, shots: list, repeats: int, seed: 
     for repeat in range(repeats):
         train, x_eval, y_eval = _pool(features, folds, repeat)
         for k, rows in shot_draws(features.y_train[train], shots, repeat, seed).items():
+            if k == ALL and repeat and features.x_test is not None:
+                for key in ("accuracies", "balanced_accuracies"):
+                    points[k][key].append(points[k][key][0])
+                continue
             head = clone(estimator)
             holdout = getattr(head, "holdout", None)
             fallback = holdout.fallback(head, _smallest(features.y_train[train][rows])) if holdout else None
