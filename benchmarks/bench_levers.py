@@ -87,9 +87,9 @@ def write(out: Path, data: dict) -> None:
              f"- date: {data['date']}", f"- machine: {data['device']}",
              f"- backend: Keras {data['keras']} on {data['backend']}, precision float32, XLA {data['xla']}",
              f"- command: `{data['command']}`",
-             f"- images: {data['n_train']:,} train, {data['n_test']:,} test; features extracted with flips "
-             f"(`--tta flip`) at 224 px and {data['second']} px: " +
-             ", ".join(f"{size} px {s:.0f} s" for size, s in data["extract_seconds"].items()), ""]
+             f"- images: {data['n_train']:,} train, {data['n_test']:,} test; features extracted "
+             "(`--tta flip` unless said) in " +
+             ", ".join(f"{s:.0f} s at {view}" for view, s in data["extract_seconds"].items()), ""]
     if data["levers"]:
         lines += [f"Each lever: `fit_heads` of logreg, {data['folds']}-fold CV (fold seed 0) and the test split; "
                   "gain: test accuracy points over the baseline.\n",
@@ -115,10 +115,15 @@ def main():
                                                                 SHARED_DATA / "keras" / "models" / WEIGHTS_FILE)))
     parser.add_argument("--second", type=int, default=288, help="the input size fused with 224 (the weights file "
                         "is the 224 one: Keras uses it for any size outside 96-224's five)")
+    parser.add_argument("--second-tta", default="flip", choices=("flip", "none"),
+                        help="none: the second size without flips (enough for the fusion lever alone)")
     parser.add_argument("--folds", type=int, default=2)
     parser.add_argument("--shots", default="1,2,5,10,25,100,500,1000,all")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget", type=float, default=420)
+    parser.add_argument("--levers", default=",".join(name for name, *_ in LEVERS),
+                        help="comma list of the levers to run (the baseline always runs)")
+    parser.add_argument("--cache-dir", help="keep the features here (default: a temporary folder)")
     parser.add_argument("--per-class", type=int, help="keep this many images per class and split (smoke run)")
     parser.add_argument("--random-weights", action="store_true", help="no weights file (smoke run)")
     args = parser.parse_args()
@@ -135,6 +140,8 @@ def main():
     from featcache.extract import extract
 
     work = Path(tempfile.mkdtemp(prefix="featcache-levers-"))
+    cache_root = Path(args.cache_dir) if args.cache_dir else work / "cache"
+    chosen = [lever for lever in LEVERS if lever[0] == "baseline" or lever[0] in args.levers.split(",")]
     with tarfile.open(args.archive) as archive:
         archive.extractall(work / "cifar10", filter="data")
     folder = next(p.parent for p in (work / "cifar10").rglob("train"))
@@ -142,16 +149,18 @@ def main():
         subset(folder, args.per_class)
     dataset = load_dataset(f"folder:{folder}")
     compute = resolve("float32", None)
-    sizes = {224: 224, "second": args.second}
+    sizes = {key: size for key, size in {224: 224, "second": args.second}.items()
+             if any(key in views for _, views, _, _ in chosen)}
     caches, extract_seconds = {}, {}
     for key, size in sizes.items():
         spec = make_spec("mobilenetv2", size, weights="none" if args.random_weights else args.weights,
                          options={"alpha": 0.35})
         started = time.perf_counter()
-        result = extract(dataset, spec, work / "cache", tta="flip", precision="float32", xla=compute.xla,
-                         progress=False)
-        caches[key], extract_seconds[size] = FeatureCache(result.path), time.perf_counter() - started
-        print(f"extracted {size} px in {extract_seconds[size]:.0f} s", flush=True)
+        tta = "flip" if key == 224 else args.second_tta
+        result = extract(dataset, spec, cache_root, tta=tta, precision="float32", xla=compute.xla, progress=False)
+        view = f"{size} px" + ("" if tta == "flip" else " (no flips)")
+        caches[key], extract_seconds[view] = FeatureCache(result.path), time.perf_counter() - started
+        print(f"extracted {view} in {extract_seconds[view]:.0f} s", flush=True)
 
     data = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device(), "keras": keras.__version__,
             "backend": keras.backend.backend(), "xla": "on" if compute.xla else "off",
@@ -160,22 +169,22 @@ def main():
             "budget": args.budget, "extract_seconds": extract_seconds, "levers": [], "records": {}, "stopped": []}
     write(out, data)
     baseline = None
-    for name, views, flip, sweep in LEVERS:
+    for name, views, flip, sweep in chosen:
         if time.perf_counter() - begun > args.budget:
             data["stopped"].append(name)
             continue
         features = cv.load_features([caches[v] for v in views], flip=flip != "ignore")
         started = time.perf_counter()
         record = cv.fit_heads({"logreg": heads.make_head("logreg")}, features, folds=args.folds, test=True,
-                              root=work / "cache", progress=False, sweep=sweep, flip=flip,
+                              root=cache_root, progress=False, sweep=sweep, flip=flip,
                               shots=[k if k == "all" else int(k) for k in args.shots.split(",")]
-                              if name == "baseline" else None,
+                              if name == "baseline" and args.shots != "none" else None,
                               repeats=args.repeats)[0]
         seconds = time.perf_counter() - started
         baseline = record["test"]["accuracy"] if baseline is None else baseline
         data["levers"].append(lever_row(name, record, None if name == "baseline" else baseline, seconds))
         data["records"][name] = {k: record.get(k) for k in ("approach", "params", "test", "cv", "features")}
-        if name == "baseline":
+        if record.get("shots"):
             data["curve"] = record["shots"]
         print(" | ".join(data["levers"][-1]), flush=True)
         write(out, data)
