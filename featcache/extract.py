@@ -8,6 +8,7 @@ whole number of batches, a resumed run feeds the model exactly the batches an un
 would, and its features are identical.
 """
 
+import glob
 import shutil
 import time
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
 
     cache.remove_leftovers(root)
     known = dataset.known_fingerprint()  # None while an image file is new or changed: it is read below, once
+    if known is None and not force and _similar_cache_exists(dataset, spec, root):
+        known = dataset.fingerprint  # the same images moved or copied: hashing them is cheaper than extracting
     if known and final_path(known).is_file() and not force:
         return _cached(final_path(known))
     # The in-progress folder is named by the files' stats, so a rerun over the same files finds it; the
@@ -119,6 +122,13 @@ def extract(dataset: Dataset, spec: BackboneSpec, root=None, batch_size: int | N
     rate = computed / seconds if seconds else 0.0
     return ExtractResult(path, False, rows, width, seconds, rate, dataset.skipped, computed,
                          sum(rows.values()) - computed)
+
+
+def _similar_cache_exists(dataset: Dataset, spec: BackboneSpec, root) -> bool:
+    """Whether a finished cache of this dataset name and backbone, size and pooling exists: then images the
+    file index does not know (a folder copied or unpacked again elsewhere) may still be cached by content."""
+    prefix = cache.cache_stem(dataset.name, spec, "")
+    return any(cache.file_path(prefix, root).parent.glob(f"{glob.escape(prefix)}*.h5"))
 
 
 def _cached(path: Path) -> ExtractResult:

@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -280,6 +281,26 @@ def test_a_first_extraction_of_a_folder_reads_each_file_once(tmp_path, root, sma
     assert sorted(reads) == sorted(p.name for p in (tmp_path / "imgs").rglob("*.png"))
     data = load_dataset(f"folder:{tmp_path / 'imgs'}")
     assert cache.FeatureCache(result.path).key == cache_key(data.fingerprint, small_spec, None, "float32", resolve())
+
+
+def test_the_same_images_copied_elsewhere_are_found_by_content_not_extracted_again(tmp_path, root, small_spec,
+                                                                                   monkeypatch):
+    """A folder unpacked again or copied (paths and stats the file index has never seen) is hashed, not
+    extracted, when a cache of the same dataset name and backbone exists; other images are still extracted."""
+    import featcache.datasets
+
+    write_images(tmp_path / "one" / "imgs" / "a", 4)
+    write_images(tmp_path / "one" / "imgs" / "b", 4, seed=1)
+    first = extract(load_dataset(f"folder:{tmp_path / 'one' / 'imgs'}"), small_spec, root, progress=False)
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    with monkeypatch.context() as patch:
+        patch.setattr(featcache.datasets, "decode_image", lambda *a: pytest.fail("an image was decoded"))
+        again = extract(load_dataset(f"folder:{tmp_path / 'two' / 'imgs'}"), small_spec, root, progress=False)
+    assert again.cached and again.path == first.path
+    changed = next((tmp_path / "two" / "imgs" / "a").iterdir())
+    write_images(tmp_path / "spare", 1, seed=7)[0].replace(changed)  # other pixels under the same name
+    other = extract(load_dataset(f"folder:{tmp_path / 'two' / 'imgs'}"), small_spec, root, progress=False)
+    assert not other.cached and other.computed == 8 and other.path != first.path
 
 
 def test_a_finished_folder_extraction_leaves_no_in_progress_folder_even_if_killed_at_the_end(tmp_path, root,
