@@ -12,6 +12,7 @@ is one ``featcache.cv.fit_heads`` call of ``logreg`` (``--folds``-fold CV, then 
     sweep             + C chosen by the built-in sweep                 (--sweep --flip ignore)
     fusion            + the --second px features beside the 224 px     (--cache A --cache B --flip ignore)
     all               sweep, flip training and averaging, fusion      (--cache A --cache B --sweep --flip train)
+    fusion + sweep    fusion with C chosen by the sweep               (--cache A --cache B --sweep --flip ignore)
 
 The baseline also draws its learning curve (``--shots``, ``--repeats`` seeded draws, test accuracy).
 The resize policy is measured on the dogs-vs-cats photos (``bench_resize.py``, ``results/resize_policy.md``):
@@ -29,7 +30,9 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -47,6 +50,7 @@ LEVERS = [  # name, input sizes fused, flip mode, sweep (all second: a run cut b
     ("flip averaging", (224,), "average", False),
     ("fusion", (224, "second"), "ignore", False),
     ("flip training", (224,), "train", False),
+    ("fusion + sweep", (224, "second"), "ignore", True),
 ]
 
 
@@ -164,7 +168,7 @@ def main():
 
     data = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device(), "keras": keras.__version__,
             "backend": keras.backend.backend(), "xla": "on" if compute.xla else "off",
-            "command": "python benchmarks/bench_levers.py " + " ".join(os.sys.argv[1:]), "second": args.second,
+            "command": "python benchmarks/bench_levers.py " + shlex.join(sys.argv[1:]), "second": args.second,
             "n_train": caches[224].rows["train"], "n_test": caches[224].rows["test"], "folds": args.folds,
             "budget": args.budget, "extract_seconds": extract_seconds, "levers": [], "records": {}, "stopped": []}
     write(out, data)
@@ -188,6 +192,7 @@ def main():
             data["curve"] = record["shots"]
         print(" | ".join(data["levers"][-1]), flush=True)
         write(out, data)
+    write(out, data)  # with the levers --budget left out
     print((out / "levers.md").read_text())
 
 
