@@ -218,7 +218,8 @@ def extract(obj, dataset, data_dir, backbone, weights, input_size, pooling, alph
         from featcache.cache import consolidate as consolidate_entry
 
         consolidate_entry(result.path, obj["root"])
-    shapes = ", ".join(f"{split} {n:,} x {result.width}" for split, n in result.rows.items())
+    views = {"flip": ", each image and its flip", "flip-mean": ", each the mean of an image and its flip"}.get(tta, "")
+    shapes = ", ".join(f"{split} {n:,} x {result.width}" for split, n in result.rows.items()) + views
     if result.cached:
         click.echo(f"features are cached: {result.path} ({shapes}); --force extracts again")
     else:

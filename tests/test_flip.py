@@ -190,7 +190,7 @@ def test_cli_extract_tta_and_fit_flip(root):
     assert last.startswith("error: ") and "no flip features" in last and "--flip train" in last
 
     done = runner.invoke(main, ["extract", "--dataset", "synthetic:n=30", "--tta", "flip", *SMALL])
-    assert done.exit_code == 0, done.output
+    assert done.exit_code == 0 and "each image and its flip" in done.output, done.output
     listing = runner.invoke(main, ["cache", "ls"]).output
     assert listing.count("(tta flip)") == 1
     stem = next(p for p in (root / "features").glob("*.h5") if cache.FeatureCache(p).flip).stem
