@@ -66,7 +66,10 @@ def load_features(caches, label_set: str | None = None, flip: bool = True) -> Fe
     if not caches:
         raise FeatcacheError("no cache to read features from: give at least one")
     first = caches[0]
-    for other in caches[1:]:
+    for index, other in enumerate(caches[1:], 1):
+        twice = next((earlier for earlier in caches[:index] if earlier.key == other.key), None)
+        if twice is not None:
+            raise FeatcacheError(f"{twice.path.name} is given twice: give each cache to fuse once")
         check_fusable(first, other)
     paired = flip and all(found.flip for found in caches)
     label_set = label_set or first.label_sets[0]
@@ -83,9 +86,6 @@ def load_features(caches, label_set: str | None = None, flip: bool = True) -> Fe
 def check_fusable(first: FeatureCache, other: FeatureCache) -> None:
     """Refuse, in one line naming both caches, two caches whose rows are not the same images: another dataset
     fingerprint, other splits or row counts, other label sets or class names, or labels that differ row by row."""
-    if other.key == first.key:
-        raise FeatcacheError(f"{first.path.name} is given twice: give each cache to fuse once")
-
     def rows(found):
         return ", ".join(f"{split} {n}" for split, n in found.rows.items())
 

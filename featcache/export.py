@@ -32,7 +32,7 @@ from featcache.files import file_hash, write_json
 from featcache.predict import feature_specs, load_head, part_feature_model, probabilities, recorded_compute
 
 MANIFEST = "manifest.json"
-FORMAT_NAME, FORMAT_VERSION = "featcache-export", 1
+FORMAT_NAME, FORMAT_VERSION = "featcache-export", 2  # 2: flip layers (featcache's own) in the Keras files
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 
 

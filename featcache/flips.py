@@ -5,7 +5,9 @@ left to right. :func:`featcache.cv.load_features` then gives one row per image w
 (plain first), and :class:`Flipped` fits a head on such rows. Because a row is an image with its flip,
 every split of the rows (folds, the grid's inner folds, a sweep's validation slice, few-shot draws,
 Dask tasks) keeps an image and its flip on the same side by construction; ``mode="train"`` adds the
-flipped rows to the training side only inside ``fit``, after the split is chosen.
+flipped rows to the training side only inside ``fit``, after the split is chosen, and tells a built-in
+head so (``fit(..., paired=True)``): a slice it holds out for calibration or early stopping takes an
+image with its flip.
 
 Modes (:data:`MODES`): ``average`` trains on the plain features and scores with the mean of the head's
 class probabilities on both; ``train`` also trains on the flipped features as extra rows, and scores the
@@ -14,6 +16,8 @@ every cache's plain features, then every cache's flipped ones, in the same order
 the plain head; what the record says (:func:`pipeline_tta`, :func:`around`) rebuilds the same averaging in
 predict and export.
 """
+
+import inspect
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -66,7 +70,8 @@ class Flipped(ClassifierMixin, BaseEstimator):
     def fit(self, x, y):
         plain, flipped = _views(x)
         if self.mode == "train":  # the flipped rows of the training images, and of those only
-            self.estimator.fit(np.concatenate([plain, flipped]), np.concatenate([y, y]))
+            paired = {"paired": True} if "paired" in inspect.signature(self.estimator.fit).parameters else {}
+            self.estimator.fit(np.concatenate([plain, flipped]), np.concatenate([y, y]), **paired)
         else:
             self.estimator.fit(plain, y)
         return self

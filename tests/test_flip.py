@@ -274,3 +274,25 @@ def test_fusing_a_flip_cache_with_one_without_flips_uses_plain_features_only(fit
         cv.fit_heads({"logreg": heads.make_head("logreg")}, mixed, folds=2, progress=False)
     assert fitted["records"]["fused"]["features"]["parts"][1]["flip"] == "average"
     assert fitted["records"]["fused"]["approach"].endswith("-max-random0 +flip")
+
+
+@pytest.mark.parametrize("name, fraction", [("svm", "calibration_fraction"), ("mlp", "validation_fraction"),
+                                            ("xgboost", "validation_fraction")])
+def test_flip_training_holds_out_an_image_with_its_flip(name, fraction, monkeypatch):
+    """A head's own held-out slice (svm calibration, mlp and xgboost early stopping) takes an image and its flip
+    together when it trains on both: no image's flip trains the head that is calibrated or stopped on it."""
+    from featcache.heads import base
+    from featcache.heads.registry import make_head
+
+    module = type(make_head(name)).__module__
+    slices, real = [], base.validation_slice
+    monkeypatch.setattr(f"{module}.validation_slice", lambda *a: slices.append(real(*a)) or slices[-1])
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 3
+    paired = np.hstack([rng.normal(size=(60, 6)) + y[:, None], rng.normal(size=(60, 6)) + y[:, None]]).astype(np.float32)
+    params = {"epochs": 2} if name == "mlp" else {}
+    flips.Flipped(make_head(name, **{fraction: 0.2}, **params), "train").fit(paired, y)
+    (fit_rows, held_rows), = slices
+    images = np.unique(held_rows % 60)
+    assert len(images) and sorted(held_rows) == sorted(np.concatenate([images, images + 60]))  # with their flips
+    assert not set(fit_rows % 60) & set(images)  # no image on both sides

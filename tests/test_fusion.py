@@ -85,9 +85,11 @@ def test_other_rows_or_labels_are_refused(root, other, message):
 
 
 def test_a_cache_given_twice_is_refused(root):
-    a, _ = pair(root)
+    a, b = pair(root)
     with pytest.raises(FeatcacheError, match="is given twice"):
         cv.load_features([a, FeatureCache(a.path)])
+    with pytest.raises(FeatcacheError, match=f"{b.path.name} is given twice"):
+        cv.load_features([a, b, FeatureCache(b.path)])
 
 
 def test_a_fused_record_keeps_every_provenance_and_reports(root, tmp_path):

@@ -47,8 +47,12 @@ class Head(ClassifierMixin, BaseEstimator):
     name = "head"
     parameter_rules = {"pca": [POSITIVE_INT, None], "random_state": [Interval(int, None, None)], "copy": [BOOLEAN]}
 
-    def fit(self, x, y):
+    def fit(self, x, y, paired=False):
+        """``paired``: the second half of the rows are the first half's images mirrored, row for row (flip
+        training, :class:`featcache.flips.Flipped`): a slice held out for calibration or early stopping then
+        holds out images together with their mirror images."""
         check_params(self, self.name)
+        self.paired_ = paired
         given = x
         x, y = validate_data(self, x, y, dtype=FEATURE_DTYPES)
         check_classification_targets(y)
@@ -128,8 +132,13 @@ def project(z: np.ndarray, pca: PCA) -> np.ndarray:
     return pca.transform(z.astype(np.float64)).astype(np.float32)
 
 
-def validation_slice(codes: np.ndarray, fraction: float, seed: int):
-    """(training rows, validation rows): a stratified slice when every class can spare a row."""
+def validation_slice(codes: np.ndarray, fraction: float, seed: int, paired: bool = False):
+    """(training rows, validation rows): a stratified slice when every class can spare a row. ``paired``: row
+    i + n / 2 is row i's mirror image (see :meth:`Head.fit`); both fall on the same side."""
+    if paired:
+        half = len(codes) // 2
+        fit_rows, held_rows = validation_slice(codes[:half], fraction, seed)
+        return np.concatenate([fit_rows, fit_rows + half]), np.concatenate([held_rows, held_rows + half])
     rows = np.arange(len(codes))
     stratify = codes if np.bincount(codes).min() >= 2 and fraction * len(codes) >= codes.max() + 1 else None
     return train_test_split(rows, test_size=fraction, random_state=seed, stratify=stratify)

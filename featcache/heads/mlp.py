@@ -64,8 +64,8 @@ class MLPHead(Head):
                                           "config": {"learning_rate": self.learning_rate}})
         net.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
         stopping = self.validation_fraction is not None  # None: every row trains, for all the epochs
-        fit_rows, stop_rows = validation_slice(codes, self.validation_fraction, self.random_state) if stopping \
-            else (np.arange(len(codes)), None)
+        fit_rows, stop_rows = (validation_slice(codes, self.validation_fraction, self.random_state, self.paired_)
+                               if stopping else (np.arange(len(codes)), None))
         stop = [keras.callbacks.EarlyStopping(patience=self.patience, restore_best_weights=True)] if stopping else []
         history = net.fit(z[fit_rows], codes[fit_rows],
                           validation_data=(z[stop_rows], codes[stop_rows]) if stopping else None,

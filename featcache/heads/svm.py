@@ -67,8 +67,9 @@ class SVMHead(Head):
             z = self.kernel_map_.fit_transform(z).astype(np.float32)
         n_classes = len(self.classes_)
         calibrated = self.calibration_fraction is not None  # None: every row trains the SVM, temperature 1
-        fit_rows, calibration_rows = validation_slice(codes, self.calibration_fraction, self.random_state) \
-            if calibrated else (np.arange(len(codes)), np.arange(0))
+        fit_rows, calibration_rows = (
+            validation_slice(codes, self.calibration_fraction, self.random_state, self.paired_) if calibrated
+            else (np.arange(len(codes)), np.arange(0)))
         start = warm_weights(self, (z.shape[1] + 1, n_classes))
         row_weights = sample_weights(self.class_weight, codes[fit_rows])
         if self.solver_ == "keras":

@@ -50,8 +50,8 @@ class XGBoostHead(Head):
         from xgboost import XGBClassifier
 
         stopping = self.early_stopping_rounds
-        fit_rows, stop_rows = validation_slice(codes, self.validation_fraction, self.random_state) if stopping \
-            else (np.arange(len(codes)), None)
+        fit_rows, stop_rows = (validation_slice(codes, self.validation_fraction, self.random_state, self.paired_)
+                               if stopping else (np.arange(len(codes)), None))
         self.model_ = XGBClassifier(
             n_estimators=self.n_estimators, learning_rate=self.learning_rate, max_depth=self.max_depth,
             max_bin=self.max_bin, subsample=self.subsample, colsample_bytree=self.colsample_bytree,
