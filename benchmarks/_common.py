@@ -5,6 +5,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -60,6 +61,14 @@ def cifar_like(n: int, seed: int = 0):
     import numpy as np
 
     return np.random.default_rng(seed).integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+
+
+def gpu_list() -> str | None:
+    """``nvidia-smi -L``'s lines (the GPUs and their ids), or None without an NVIDIA driver."""
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() or None
+    except OSError:
+        return None
 
 
 def machine() -> dict:

@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import gpu_list
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SETTINGS = [("float32", False), ("mixed", False), ("float32", True), ("mixed", True)]  # the order run
@@ -167,10 +169,7 @@ def versions() -> dict:
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = None
-    try:
-        found["gpus"] = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() or None
-    except OSError:
-        found["gpus"] = None
+    found["gpus"] = gpu_list()
     return found
 
 

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import SHARED_DATA, WEIGHTS_FILE, table
+from _common import SHARED_DATA, WEIGHTS_FILE, gpu_list, table
 
 HERE = Path(__file__).resolve().parent
 LEVERS = [  # name, input sizes fused, flip mode, sweep (all second: a run cut by --budget keeps it)
@@ -66,11 +65,7 @@ def subset(folder: Path, per_class: int) -> None:
 
 
 def device() -> str:
-    try:
-        gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        gpu = ""
-    return f"{gpu or 'no GPU'}; {os.cpu_count()} CPU cores; Python {platform.python_version()}"
+    return f"{gpu_list() or 'no GPU'}; {os.cpu_count()} CPU cores; Python {platform.python_version()}"
 
 
 def lever_row(name: str, record: dict, baseline: float | None, seconds: float) -> tuple:

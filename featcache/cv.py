@@ -66,10 +66,10 @@ def load_features(caches, label_set: str | None = None, flip: bool = True) -> Fe
     if not caches:
         raise FeatcacheError("no cache to read features from: give at least one")
     first = caches[0]
+    keys = [found.key for found in caches]
     for index, other in enumerate(caches[1:], 1):
-        twice = next((earlier for earlier in caches[:index] if earlier.key == other.key), None)
-        if twice is not None:
-            raise FeatcacheError(f"{twice.path.name} is given twice: give each cache to fuse once")
+        if other.key in keys[:index]:
+            raise FeatcacheError(f"{other.path.name} is given twice: give each cache to fuse once")
         check_fusable(first, other)
     paired = flip and all(found.flip for found in caches)
     label_set = label_set or first.label_sets[0]
