@@ -66,9 +66,8 @@ def load_features(caches, label_set: str | None = None, flip: bool = True) -> Fe
     if not caches:
         raise FeatcacheError("no cache to read features from: give at least one")
     first = caches[0]
-    keys = [found.key for found in caches]
     for index, other in enumerate(caches[1:], 1):
-        if other.key in keys[:index]:
+        if any(earlier.key == other.key for earlier in caches[:index]):
             raise FeatcacheError(f"{other.path.name} is given twice: give each cache to fuse once")
         check_fusable(first, other)
     paired = flip and all(found.flip for found in caches)
